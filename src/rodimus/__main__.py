@@ -1,0 +1,3 @@
+from rodimus.cli import main
+
+main()

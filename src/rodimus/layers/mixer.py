@@ -1,0 +1,115 @@
+"""The Rodimus mixer: short conv, DDTS recurrence and the GLU-shaped wrapper around it.
+
+Parameter names follow the official checkpoints (``fc``, ``inner_mixer.short_conv.conv1d``,
+``inner_mixer.in_proj``, ``ch_gate_proj``, ``mem_gate_proj``, ``residual_weight``, ``act_norm``,
+``out_proj``) so their weights load without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rodimus.layers.norm import GatedRMSNorm
+from rodimus.ops.dispatch import get_op, resolve_backend
+
+
+class ShortConvolution(nn.Module):
+    """Holds the depthwise kernel [D, 1, W] + bias; the math is :func:`rodimus.ops.short_conv`."""
+
+    def __init__(self, dim: int, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.conv1d = nn.Conv1d(dim, dim, width, groups=dim, bias=True)
+
+    def forward(self, x, *, backend: str, initial_state=None, cu_seqlens=None):
+        op = get_op("short_conv", backend)
+        return op(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, initial_state=initial_state,
+                  cu_seqlens=cu_seqlens, activation="silu")
+
+
+class RodimusInnerMixer(nn.Module):
+    """x -> o = DDTS(q, k, u; g, tau) + D * x' where x' = silu(conv(x))."""
+
+    def __init__(
+        self, d_inner: int, mem_size: int, low_rank: int, d_conv: int, eps: float, layer_idx: int,
+        kernel_backend: str = "auto", chunk_size: int = 32,
+    ) -> None:
+        super().__init__()
+        self.d_inner, self.mem_size, self.eps = d_inner, mem_size, eps
+        self.layer_idx = layer_idx
+        self.kernel_backend = kernel_backend
+        self.chunk_size = chunk_size
+        self.short_conv = ShortConvolution(d_inner, d_conv)
+        self.in_proj = nn.Linear(d_inner, 2 * mem_size, bias=False)  # [q; k]
+        self.ch_gate_proj = nn.Sequential(
+            nn.Linear(d_inner, low_rank, bias=False), nn.Linear(low_rank, d_inner, bias=True)
+        )
+        self.mem_gate_proj = nn.Linear(d_inner, 2 * mem_size, bias=True)  # [g; tau] pre-activations
+        self.residual_weight = nn.Parameter(torch.ones(d_inner))
+        # roles read by RodimusPreTrainedModel._init_weights
+        for lin in (self.in_proj, *self.ch_gate_proj, self.mem_gate_proj):
+            lin.init_role = "xavier"
+        self.mem_gate_proj.init_role = "gate"
+
+    def forward(self, x: torch.Tensor, cache=None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        backend = resolve_backend(self.kernel_backend, x.device.type)
+        conv_state = rec_state = None
+        if cache is not None:
+            conv_state = cache.get_conv_state(self.layer_idx)
+            rec_state = cache.get_recurrent_state(self.layer_idx)
+        xc, conv_final = self.short_conv(x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens)
+        n = self.mem_size
+        q, k = self.in_proj(xc).view(B, T, 1, 2 * n).split(n, dim=-1)
+        u = torch.sigmoid(self.ch_gate_proj(x)) * x
+        gates = F.linear(xc.float(), self.mem_gate_proj.weight.float(), self.mem_gate_proj.bias.float())
+        g_pre, tau_pre = gates.view(B, T, 1, 2 * n).split(n, dim=-1)
+        kwargs = dict(scale=n**-0.5, eps=self.eps, initial_state=rec_state, cu_seqlens=cu_seqlens)
+        if backend == "naive":
+            op = get_op("ddts", "naive")
+        elif T == 1 and backend != "triton":
+            op = get_op("ddts", "recurrent")
+        else:
+            op = get_op("ddts", backend)
+            if backend == "torch":
+                kwargs["chunk_size"] = self.chunk_size
+        o, state = op(q, k, u.view(B, T, 1, self.d_inner), g_pre, tau_pre, **kwargs)
+        o = (o.squeeze(2).float() + xc.float() * self.residual_weight.float()).to(x.dtype)
+        if cache is not None:
+            cache.update_conv_state(conv_final, self.layer_idx, conv_kernel_size=conv_final.shape[-1])
+            cache.update_recurrent_state(state, self.layer_idx)
+        return o
+
+
+class RodimusMixer(nn.Module):
+    """h -> out_proj(RMSNorm(inner(x) * silu(gate))) with [x; gate] = fc(h)."""
+
+    def __init__(
+        self, d_model: int, d_inner: int, mem_size: int, low_rank: int, d_conv: int, key_eps: float,
+        norm_eps: float, layer_idx: int, kernel_backend: str = "auto", chunk_size: int = 32,
+    ) -> None:
+        super().__init__()
+        self.d_inner = d_inner
+        self.fc = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.inner_mixer = RodimusInnerMixer(
+            d_inner, mem_size, low_rank, d_conv, key_eps, layer_idx, kernel_backend, chunk_size
+        )
+        self.act_norm = GatedRMSNorm(d_inner, eps=norm_eps)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj.init_role = "out"
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        cache=None,
+        cu_seqlens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``token_mask`` [B, T] zeroes padded positions' inputs so they leave no trace in the state."""
+        x, gate = self.fc(h).split(self.d_inner, dim=-1)
+        if token_mask is not None:
+            x = x * token_mask[..., None].to(x.dtype)
+        o = self.inner_mixer(x, cache=cache, cu_seqlens=cu_seqlens)
+        return self.out_proj(self.act_norm(o, gate))

@@ -1,0 +1,129 @@
+"""Chunkwise-parallel DDTS: exact, O(T x chunk) memory, differentiable by autograd.
+
+Within a chunk of C tokens the pairwise decays exp(b_t - b_s) (b the running sum of log alpha)
+are formed explicitly for s <= t only, so every exponent is <= 0 and nothing can overflow however
+strong the decay; across chunks a [K, V] state is carried. Documents of a packed batch are kept
+apart by masking pairs, carries and state sums that cross a document start.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rodimus.ops.ddts.common import acc_dtype, check_ddts_inputs, ddts_gates, seq_index
+
+
+def ddts_chunk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g_pre: torch.Tensor,
+    tau_pre: torch.Tensor,
+    *,
+    scale: float | None = None,
+    eps: float = 1e-12,
+    initial_state: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked DDTS; same arguments and results as :func:`rodimus.ops.ddts.ddts_naive`.
+
+    Shapes: q, k, g_pre, tau_pre [B, T, H, K]; v [B, T, H, V]; initial_state [N, H, K, V];
+    returns o [B, T, H, V] (v's dtype) and final_state [N, H, K, V] (float32).
+    """
+    n_seq = check_ddts_inputs(q, k, v, g_pre, tau_pre, initial_state, cu_seqlens)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K**-0.5 if scale is None else scale
+    C = chunk_size
+    N = max(1, -(-T // C))
+    pad = N * C - T
+
+    log_a, kb = ddts_gates(k, g_pre, tau_pre, eps)
+    acc = acc_dtype(v)
+    qf = q.to(acc) * scale
+    vf = v.to(acc)
+
+    def chunks(x: torch.Tensor) -> torch.Tensor:  # [B, T, H, D] -> [B, H, N, C, D]
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        return x.view(B, N, C, H, x.shape[-1]).permute(0, 3, 1, 2, 4)
+
+    qc, kc, vc, ac = chunks(qf), chunks(kb), chunks(vf), chunks(log_a)
+    b = ac.cumsum(-2)  # [B, H, N, C, K], non-increasing along C
+    b_last = b[..., -1:, :]
+
+    pair_mask = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    if cu_seqlens is not None:
+        doc = seq_index(cu_seqlens, T)
+        doc = F.pad(doc, (0, pad), value=n_seq - 1).view(N, C)  # padding joins the last document
+        prev_doc = torch.cat([doc[:1, :1], doc[:-1, -1:]])  # document of the state carried into chunk n
+        pair_mask = pair_mask & (doc[:, :, None] == doc[:, None, :])  # [N, C, C]
+        same_as_last = (doc == doc[:, -1:]).to(acc)[:, :, None]  # [N, C, 1]: tokens feeding the end state
+        from_carry = (doc == prev_doc).to(acc)[:, :, None]  # [N, C, 1]: tokens that see the carry
+        keeps_carry = (doc[:, -1] == prev_doc[:, 0]).to(acc)[:, None]  # [N, 1]
+
+    # intra-chunk: o_t += sum_{s<=t} (q_t . (k_s * exp(b_t - b_s))) v_s
+    diff = b.unsqueeze(-2) - b.unsqueeze(-3)  # [B, H, N, C(t), C(s), K]
+    decay = torch.where(pair_mask[..., None], diff, float("-inf")).exp()
+    scores = (qc.unsqueeze(-2) * kc.unsqueeze(-3) * decay).sum(-1)
+    o = scores @ vc
+
+    # chunk-local state increments and carries, then a short scan over chunks
+    w = torch.exp(b_last - b)
+    carry = torch.exp(b_last.squeeze(-2))  # [B, H, N, K]
+    if cu_seqlens is not None:
+        w = w * same_as_last
+        carry = carry * keeps_carry
+    d_state = (kc * w).transpose(-1, -2) @ vc  # [B, H, N, K, V]
+    state = (
+        initial_state.to(acc)
+        if initial_state is not None
+        else torch.zeros(B, H, K, V, dtype=acc, device=q.device)
+    )
+    states = []
+    for n in range(N):
+        states.append(state)
+        state = carry[:, :, n, :, None] * state + d_state[:, :, n]
+    q_decayed = qc * torch.exp(b)
+    if cu_seqlens is not None:
+        q_decayed = q_decayed * from_carry
+    o = o + q_decayed @ torch.stack(states, dim=2)
+
+    o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
+    if cu_seqlens is None:
+        return o.to(v.dtype), state
+    return o.to(v.dtype), _document_end_states(cu_seqlens, b, kc, vc, states, doc, prev_doc, C)
+
+
+def _document_end_states(
+    cu_seqlens: torch.Tensor,
+    b: torch.Tensor,
+    kc: torch.Tensor,
+    vc: torch.Tensor,
+    states: list[torch.Tensor],
+    doc: torch.Tensor,
+    prev_doc: torch.Tensor,
+    C: int,
+) -> torch.Tensor:
+    """State at the last token of every packed document: [N, H, K, V]."""
+    ends = cu_seqlens[1:].long() - 1
+    empty = cu_seqlens[1:] == cu_seqlens[:-1]
+    ends = ends.clamp(min=0)
+    n_idx, p_idx = ends // C, ends % C
+    ids = torch.arange(len(ends), device=ends.device)
+    b0 = b[0].permute(1, 2, 0, 3)  # [N, C, H, K]
+    k0 = kc[0].permute(1, 2, 0, 3)
+    v0 = vc[0].permute(1, 2, 0, 3)
+    b_end = b0[n_idx, p_idx]  # [D, H, K]
+    pos = torch.arange(C, device=ends.device)
+    mine = (pos[None, :] <= p_idx[:, None]) & (doc[n_idx] == ids[:, None])  # [D, C]
+    w = torch.where(mine[:, :, None, None], b_end[:, None] - b0[n_idx], float("-inf")).exp()
+    local = torch.einsum("dchk,dchv->dhkv", k0[n_idx] * w, v0[n_idx])
+    out_dtype = vc.dtype
+    carried = torch.stack(states, 0)[n_idx, 0]  # [D, H, K, V]
+    keep = (prev_doc[n_idx, 0] == ids).to(out_dtype)[:, None, None, None]
+    out = keep * torch.exp(b_end)[..., None] * carried + local
+    return torch.where(empty[:, None, None, None], torch.zeros_like(out), out)
