@@ -79,6 +79,7 @@ class RodimusConfig(PreTrainedConfig):
         tie_word_embeddings: bool = False,
         kernel_backend: str = "auto",
         chunk_size: int = 32,
+        use_cache: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = 0,
         eos_token_id: int | None = 0,
@@ -106,6 +107,7 @@ class RodimusConfig(PreTrainedConfig):
         self.activation_dropout = activation_dropout
         self.kernel_backend = kernel_backend
         self.chunk_size = chunk_size
+        self.use_cache = use_cache
         for k, v in passive.items():
             setattr(self, k, v)
         super().__init__(

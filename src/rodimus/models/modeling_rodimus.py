@@ -58,18 +58,23 @@ class RodimusPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """Load strictly: missing, unexpected or mis-shaped weights raise a ValueError naming them."""
+        """Load strictly: missing, unexpected or mis-shaped weights raise a ValueError naming them
+        (pass ``ignore_mismatched_sizes=True`` to get transformers' lenient behaviour instead)."""
+        if kwargs.get("ignore_mismatched_sizes"):
+            return super().from_pretrained(*args, **kwargs)
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        model, info = super().from_pretrained(
+            *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
         problems = {
             "missing": sorted(info.get("missing_keys", [])),
             "unexpected": sorted(info.get("unexpected_keys", [])),
             "mis-shaped": sorted(str(m) for m in info.get("mismatched_keys", [])),
         }
-        problems = {k: v for k, v in problems.items() if v}
-        if problems and not kwargs.get("ignore_mismatched_sizes", False):
-            detail = "; ".join(f"{k} weights: {v}" for k, v in problems.items())
-            raise ValueError(f"checkpoint {args[0] if args else ''} does not match {cls.__name__}: {detail}")
+        detail = "; ".join(f"{k} weights: {v}" for k, v in problems.items() if v)
+        if detail:
+            where = args[0] if args else kwargs.get("pretrained_model_name_or_path", "")
+            raise ValueError(f"checkpoint {where} does not match {cls.__name__}: {detail}")
         return (model, info) if want_info else model
 
 
@@ -236,8 +241,8 @@ class RodimusForCausalLM(RodimusPreTrainedModel, GenerationMixin):
         if labels is not None:
             if labels.shape != h.shape[:2]:
                 raise ValueError(f"labels must be [B, T] = {tuple(h.shape[:2])}, got {tuple(labels.shape)}")
-            if cu_seqlens is not None:  # never predict across a document boundary
+            if cu_seqlens is not None:  # a document's first token is not a target of the previous one
                 labels = labels.clone()
-                labels[0, (cu_seqlens[1:-1] - 1).clamp(min=0).long()] = -100
+                labels[0, cu_seqlens[1:-1].long()] = -100
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states)

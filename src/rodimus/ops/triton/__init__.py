@@ -1,0 +1,19 @@
+"""Triton kernels for the Rodimus ops; importing this registers them as the ``"triton"`` backend.
+
+Raises ImportError when triton is missing, which ``rodimus.ops.dispatch.triton_available`` reads as
+"not available". Without CUDA the kernels run under Triton's interpreter (slow; for tests).
+"""
+
+from rodimus.ops.triton import _common  # noqa: F401  (sets TRITON_INTERPRET before any kernel is built)
+from rodimus.ops.triton.ddts import ddts_decode_, ddts_triton
+
+__all__ = ["ddts_decode_", "ddts_triton"]
+
+
+def _register() -> None:
+    from rodimus.ops.dispatch import REGISTRY
+
+    REGISTRY["ddts"]["triton"] = ddts_triton
+
+
+_register()

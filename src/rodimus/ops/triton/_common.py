@@ -1,0 +1,49 @@
+"""Shared Triton helpers: interpreter switch, low-precision dot, stable activations.
+
+On a machine without CUDA the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), so the
+same kernels are tested by the CPU suite. The interpreter multiplies bfloat16 tiles as raw integers
+(triton 3.9), so there :func:`mm` rounds operands to the low precision and multiplies in float32.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # must be set before any @triton.jit runs
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402  (ImportError here marks the backend unavailable)
+import triton.language as tl  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_INTERP = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def mm(a, b, LOWP: tl.constexpr):
+    """a @ b with a float32 result: bf16 operands when LOWP, exact float32 otherwise."""
+    if LOWP:
+        if _INTERP:
+            return tl.dot(a.to(tl.bfloat16).to(tl.float32), b.to(tl.bfloat16).to(tl.float32))
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
+def softplus(x):
+    # max(x, 0) + log1p(exp(-|x|)), log1p by Goldberg's trick so tiny values keep their precision
+    y = tl.exp(-tl.abs(x))
+    u = 1.0 + y
+    l1p = tl.where(u == 1.0, y, tl.log(u) * (y / (u - 1.0)))
+    return tl.maximum(x, 0.0) + l1p
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+def next_pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(n)))

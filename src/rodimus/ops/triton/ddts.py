@@ -1,0 +1,215 @@
+"""DDTS through the Triton kernels: same signature as :func:`rodimus.ops.ddts.ddts_chunk`."""
+
+from __future__ import annotations
+
+import torch
+
+from rodimus.ops.ddts.chunk import ddts_chunk
+from rodimus.ops.ddts.common import check_ddts_inputs
+from rodimus.ops.triton import ddts_kernels as kern
+from rodimus.ops.triton._common import next_pow2
+
+_LOWP = (torch.bfloat16, torch.float16)
+
+
+def _kernel_chunk(chunk_size: int) -> int:
+    """The kernel tiles by a power of two in [16, 128]; the torch form's chunk_size is a hint."""
+    return min(128, next_pow2(chunk_size, 16))
+
+
+def _sequences(cu_seqlens, B, T, C, device):
+    """cu (int32 row offsets), chunk table (seq, chunk-in-seq per program), per-seq chunk offsets."""
+    if cu_seqlens is None:
+        cu = torch.arange(B + 1, device=device, dtype=torch.int32) * T
+        nch = max(1, -(-T // C))
+        n_slots = B * nch
+        slot = torch.arange(n_slots, device=device, dtype=torch.int32)
+        chunk_seq, chunk_idx = slot // nch, slot % nch
+        coff = torch.arange(B + 1, device=device, dtype=torch.int32) * nch
+        if T == 0:
+            chunk_seq = torch.full_like(chunk_seq, -1)
+        return cu, chunk_seq, chunk_idx, coff, n_slots, B * nch
+    cu = cu_seqlens.to(device=device, dtype=torch.int32)
+    n = cu.numel() - 1
+    nch = (cu.diff() + C - 1) // C
+    cum = nch.cumsum(0)
+    coff = torch.cat([cum.new_zeros(1), cum]).to(torch.int32)
+    n_slots = T // C + n  # an upper bound on sum(ceil(len / C)); spare programs exit
+    slot = torch.arange(n_slots, device=device, dtype=torch.int32)
+    seq = torch.searchsorted(cum, slot, right=True)
+    valid = seq < n
+    seq_c = seq.clamp(max=n - 1)
+    chunk_idx = (slot - (coff[seq_c])).to(torch.int32)
+    chunk_seq = torch.where(valid, seq_c, torch.full_like(seq_c, -1)).to(torch.int32)
+    return cu, chunk_seq, chunk_idx, coff, n_slots, n_slots
+
+
+def _prep(q, k, gp, tp, seqs, scale, eps, C):
+    cu, chunk_seq, chunk_idx, coff, n_slots, n_chunks = seqs
+    TT, H, K = q.shape
+    f32 = dict(device=q.device, dtype=torch.float32)
+    qe = torch.empty(TT, H, K, **f32)
+    ke = torch.empty(TT, H, K, **f32)
+    A = torch.empty(TT, H, C, **f32)
+    dec = torch.empty(n_chunks, H, K, **f32)
+    if n_slots:
+        kern._prep[(n_slots, H)](
+            q, k, gp, tp, qe, ke, dec, A, chunk_seq, chunk_idx, cu, coff, scale, eps,
+            H=H, K=K, C=C, BK=next_pow2(K), num_warps=4,
+        )
+    return qe, ke, dec, A
+
+
+class _DDTSFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, gp, tp, h0, cu_seqlens, scale, eps, C):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        q, k, v, gp, tp = (x.contiguous().view(B * T, H, x.shape[-1]) for x in (q, k, v, gp, tp))
+        seqs = _sequences(cu_seqlens, B, T, C, q.device)
+        n_seq = seqs[0].numel() - 1
+        qe, ke, dec, A = _prep(q, k, gp, tp, seqs, scale, eps, C)
+        o = torch.empty_like(v)
+        hT = torch.zeros(n_seq, H, K, V, device=q.device, dtype=torch.float32)
+        h0c = h0.contiguous() if h0 is not None else None
+        BV = min(64, next_pow2(V))
+        kern._fwd[(triton_cdiv(V, BV), n_seq * H)](
+            v, o, qe, ke, dec, A, h0c if h0c is not None else hT, hT, seqs[0], seqs[3], V,
+            H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0c is not None, LOWP=v.dtype in _LOWP,
+            num_warps=4, num_stages=2,
+        )
+        ctx.save_for_backward(q, k, v, gp, tp, h0c, cu_seqlens)
+        ctx.meta = (B, T, scale, eps, C)
+        return o.view(B, T, H, V), hT
+
+    @staticmethod
+    def backward(ctx, do, dhT):
+        q, k, v, gp, tp, h0, cu_seqlens = ctx.saved_tensors
+        B, T, scale, eps, C = ctx.meta
+        TT, H, K = q.shape
+        V = v.shape[-1]
+        dev = q.device
+        seqs = _sequences(cu_seqlens, B, T, C, dev)
+        cu, chunk_seq, chunk_idx, coff, n_slots, n_chunks = seqs
+        n_seq = cu.numel() - 1
+        qe, ke, dec, A = _prep(q, k, gp, tp, seqs, scale, eps, C)
+        do = do.contiguous().view(TT, H, V)
+        BV = min(128, next_pow2(V))
+        NV = triton_cdiv(V, BV)
+        f32 = dict(device=dev, dtype=torch.float32)
+        hbuf = torch.empty(n_chunks, H, K, V, **f32)
+        dv = torch.empty_like(v)
+        dh0 = torch.empty(n_seq, H, K, V, **f32) if h0 is not None else None
+        dQp = torch.empty(NV, TT, H, K, **f32)
+        dKp = torch.empty(NV, TT, H, K, **f32)
+        dAp = torch.empty(NV, TT, H, C, **f32)
+        finp = torch.zeros(NV, n_seq * H, K, **f32)
+        dhT = dhT.contiguous() if dhT is not None else None
+        kern._bwd_state[(NV, n_seq * H)](
+            v, do, qe, ke, dec, A, h0 if h0 is not None else hbuf, dhT if dhT is not None else hbuf, hbuf, dv,
+            dh0 if dh0 is not None else hbuf, dQp, dKp, dAp, finp, cu, coff, V, TT,
+            H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0 is not None, HAS_DHT=dhT is not None,
+            LOWP=v.dtype in _LOWP, num_warps=8, num_stages=1,
+        )
+        del hbuf
+        dq, dk = torch.empty_like(q), torch.empty_like(k)
+        db, dgb, dtb = (torch.empty(TT, H, K, **f32) for _ in range(3))
+        if n_slots:
+            kern._bwd_intra[(n_slots, H)](
+                q, k, gp, tp, dQp, dKp, dAp, dq, dk, db, dgb, dtb, chunk_seq, chunk_idx, cu, scale, eps, NV, TT,
+                H=H, K=K, C=C, BK=next_pow2(K), num_warps=4,
+            )
+        # d log alpha_t = sum over later tokens of the same sequence (+ the final-state term)
+        fin = finp.sum(0).view(n_seq, H, K)
+        if cu_seqlens is None:
+            dl = db.view(B, T, H, K).flip(1).cumsum(1).flip(1) + fin[:, None]
+        else:
+            rc = torch.cat([db.double().flip(0).cumsum(0).flip(0), db.new_zeros(1, H, K, dtype=torch.float64)])
+            lens = cu.diff().long()
+            seq_of_row = torch.repeat_interleave(torch.arange(n_seq, device=dev), lens, output_size=TT)
+            ends = cu[1:].long()[seq_of_row]
+            dl = (rc[:TT] - rc[ends]).float() + fin[seq_of_row]
+        dl = dl.contiguous()
+        dgp, dtp = torch.empty_like(gp), torch.empty_like(tp)
+        n = TT * H * K
+        if n:
+            kern._bwd_gates[(triton_cdiv(n, 1024),)](gp, tp, dl, dgb, dtb, dgp, dtp, n, BLOCK=1024)
+        shape4 = (B, T, H)
+        return (
+            dq.view(*shape4, K), dk.view(*shape4, K), dv.view(*shape4, V), dgp.view(*shape4, K),
+            dtp.view(*shape4, K), dh0.to(h0.dtype) if dh0 is not None else None, None, None, None, None,
+        )
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def ddts_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g_pre: torch.Tensor,
+    tau_pre: torch.Tensor,
+    *,
+    scale: float | None = None,
+    eps: float = 1e-12,
+    initial_state: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    chunk_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused chunked DDTS (Triton); arguments and results as :func:`rodimus.ops.ddts.ddts_chunk`.
+
+    ``chunk_size`` is rounded up to a power of two in [16, 128] for the kernel's tiles. Float64
+    inputs (gradcheck) go to the torch chunk form. A single token without autograd goes to the
+    decode kernel.
+    """
+    check_ddts_inputs(q, k, v, g_pre, tau_pre, initial_state, cu_seqlens)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if torch.float64 in (q.dtype, k.dtype, v.dtype, g_pre.dtype, tau_pre.dtype):
+        return ddts_chunk(q, k, v, g_pre, tau_pre, scale=scale, eps=eps, initial_state=initial_state,
+                          cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+    K = q.shape[-1]
+    scale = K**-0.5 if scale is None else float(scale)
+    tensors = (q, k, v, g_pre, tau_pre, initial_state)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if q.shape[1] == 1 and cu_seqlens is None and not needs_grad:
+        B, _, H, _ = q.shape
+        state = (initial_state.float().clone() if initial_state is not None
+                 else q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32))
+        return ddts_decode_(q, k, v, g_pre, tau_pre, state, scale=scale, eps=eps), state
+    return _DDTSFunction.apply(q, k, v, g_pre, tau_pre, initial_state, cu_seqlens, scale, float(eps),
+                               _kernel_chunk(chunk_size))
+
+
+def ddts_decode_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g_pre: torch.Tensor,
+    tau_pre: torch.Tensor,
+    state: torch.Tensor,
+    *,
+    scale: float | None = None,
+    eps: float = 1e-12,
+) -> torch.Tensor:
+    """One decoding step for a batch, updating ``state`` [B, H, K, V] (float32, contiguous) in place.
+
+    q, k, g_pre, tau_pre [B, 1, H, K], v [B, 1, H, V]; returns o [B, 1, H, V]. One launch, no
+    intermediate tensors, so it can be captured in a CUDA graph.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if T != 1:
+        raise ValueError(f"ddts_decode_ takes one token (T = 1), got T={T}")
+    if state.shape != (B, H, K, V) or state.dtype != torch.float32 or not state.is_contiguous():
+        raise ValueError(f"state must be a contiguous float32 [B, H, K, V] = {(B, H, K, V)} tensor")
+    scale = K**-0.5 if scale is None else float(scale)
+    o = torch.empty_like(v)
+    BV = min(128, next_pow2(V))
+    kern._decode[(triton_cdiv(V, BV), B * H)](
+        q.contiguous(), k.contiguous(), v.contiguous(), g_pre.contiguous(), tau_pre.contiguous(), state, state, o,
+        scale, float(eps), V, H=H, K=K, BK=next_pow2(K), BV=BV, num_warps=4,
+    )
+    return o

@@ -1,0 +1,373 @@
+"""Triton kernels of the chunked DDTS recurrence (forward, backward, one-step decode).
+
+Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is a row range
+``[cu[n], cu[n+1])`` (a batch row, or a packed document), and chunks of C rows never cross one.
+
+* ``_prep``: from raw q, k, g_pre, tau_pre of one chunk (float32 in registers): the gates, the running
+  log-decay b (cumsum of log alpha inside the chunk), and three K-sized products the V-sized passes
+  need: ``qe = scale q e^b``, ``ke = beta k_hat e^(b_last - b)``, ``dec = e^b_last`` and the causal
+  intra-chunk scores ``A[t, s] = sum_k scale q_t k_s e^(b_t - b_s)``. A is built from 16-row
+  sub-chunks: off-diagonal blocks factor through the decay at the sub-chunk boundary (both factors
+  have exponent <= 0), the diagonal block is formed pairwise with s <= t only. No positive exponent
+  is ever taken, so nothing overflows however strong the decay.
+* ``_fwd``: one program per (V block, sequence, head) walks the chunks carrying its [K, BV] state in
+  registers: ``o = qe S + A v``, ``S = dec S + ke^T v``. The state never touches HBM.
+* ``_bwd_state``: the same walk forward (states at chunk starts to a scratch buffer), then backward
+  carrying dS: dv, and per V block partial sums of dO S^T, v dS^T and dO v^T (reduced in ``_bwd_intra``).
+* ``_bwd_intra``: per chunk, the V-reduced partials become dq, dk (through the key norm and beta),
+  the per-token d(log-decay) contributions and the beta-path gate gradients.
+* ``_bwd_gates``: elementwise, the last link: softplus and sigmoid derivatives.
+* ``_decode``: one token, [K, BV] state block per program.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from rodimus.ops.triton._common import mm, sigmoid, softplus
+
+SUB = 16  # sub-chunk rows (the smallest tile tl.dot takes)
+
+
+@triton.jit
+def _gates(gp, tp, kr, eps, valid):
+    """Float32 [R, BK] tiles -> (log alpha, beta k_hat, k_hat, beta, g, tau, rsqrt-norm [R])."""
+    g = softplus(gp)
+    tau = sigmoid(tp)
+    loga = tl.where(valid, -g * tau, 0.0)
+    beta = tl.where(g > 0.0, tl.exp(tau * tl.log(g)), 0.0)
+    rn = 1.0 / tl.sqrt(tl.sum(kr * kr, axis=1) + eps)
+    kh = kr * rn[:, None]
+    kb = tl.where(valid, kh * beta, 0.0)
+    return loga, kb, kh, beta, g, tau, rn
+
+
+@triton.jit
+def _load_rows(ptr, rows, cols, rmask, cmask, stride):
+    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0).to(
+        tl.float32
+    )
+
+
+@triton.jit
+def _chunk_of(pid, chunk_seq, chunk_idx, cu, C: tl.constexpr):
+    seq = tl.load(chunk_seq + pid)
+    c = tl.load(chunk_idx + pid)
+    seq_c = tl.maximum(seq, 0)
+    bos = tl.load(cu + seq_c)
+    eos = tl.load(cu + seq_c + 1)
+    return seq, c, bos + c * C, eos
+
+
+@triton.jit
+def _prep(
+    q, k, gp, tp, qe, ke, dec, A, chunk_seq, chunk_idx, cu, coff, scale, eps,
+    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
+    if seq >= 0:
+        rl = tl.arange(0, C)
+        rows = t0 + rl
+        rmask = rows < eos
+        cols = tl.arange(0, BK)
+        cmask = cols < K
+        valid = rmask[:, None] & cmask[None, :]
+        off = h * K
+        loga, kb, _, _, _, _, _ = _gates(
+            _load_rows(gp + off, rows, cols, rmask, cmask, H * K),
+            _load_rows(tp + off, rows, cols, rmask, cmask, H * K),
+            _load_rows(k + off, rows, cols, rmask, cmask, H * K),
+            eps, valid,
+        )
+        qs = _load_rows(q + off, rows, cols, rmask, cmask, H * K) * scale
+        b = tl.cumsum(loga, axis=0)
+        b_last = tl.sum(loga, axis=0)
+        ptr = rows[:, None] * (H * K) + off + cols[None, :]
+        tl.store(qe + ptr, qs * tl.exp(b), mask=valid)
+        tl.store(ke + ptr, kb * tl.exp(b_last[None, :] - b), mask=valid)
+        cid = tl.load(coff + seq) + c
+        tl.store(dec + (cid * H + h) * K + cols, tl.exp(b_last), mask=cmask)
+        sl = tl.arange(0, SUB)
+        for i in tl.static_range(C // SUB):
+            rows_i = t0 + i * SUB + sl
+            rm_i = rows_i < eos
+            v_i = rm_i[:, None] & cmask[None, :]
+            loga_i, kb_i, _, _, _, _, _ = _gates(
+                _load_rows(gp + off, rows_i, cols, rm_i, cmask, H * K),
+                _load_rows(tp + off, rows_i, cols, rm_i, cmask, H * K),
+                _load_rows(k + off, rows_i, cols, rm_i, cmask, H * K),
+                eps, v_i,
+            )
+            qs_i = _load_rows(q + off, rows_i, cols, rm_i, cmask, H * K) * scale
+            prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
+            b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
+            a_ptr = A + rows_i[:, None] * (H * C) + h * C
+            if i > 0:
+                qg = qs_i * tl.exp(b_i - prefix[None, :])
+                kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
+                a_off = mm(qg, tl.trans(kg), False)
+                cl = tl.arange(0, C)
+                outside = (cl < i * SUB) | (cl >= (i + 1) * SUB)
+                tl.store(a_ptr + cl[None, :], tl.where(cl[None, :] < i * SUB, a_off, 0.0),
+                         mask=rm_i[:, None] & outside[None, :])
+            elif C > SUB:
+                cl = tl.arange(0, C)
+                tl.store(a_ptr + cl[None, :], tl.zeros([SUB, C], tl.float32),
+                         mask=rm_i[:, None] & (cl >= SUB)[None, :])
+            a_d = tl.zeros([SUB, SUB], tl.float32)
+            for j in tl.static_range(SUB):
+                kb_j = tl.sum(tl.where(sl[:, None] == j, kb_i, 0.0), axis=0)
+                b_j = tl.sum(tl.where(sl[:, None] == j, b_i, 0.0), axis=0)
+                ex = tl.exp(tl.where(sl[:, None] >= j, b_i - b_j[None, :], float("-inf")))
+                col = tl.sum(qs_i * kb_j[None, :] * ex, axis=1)
+                a_d = tl.where(sl[None, :] == j, col[:, None], a_d)
+            tl.store(a_ptr + i * SUB + sl[None, :], a_d, mask=rm_i[:, None])
+
+
+@triton.jit
+def _fwd(
+    v, o, qe, ke, dec, A, h0, hT, cu, coff, V,
+    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_INIT: tl.constexpr, LOWP: tl.constexpr,
+):
+    iv = tl.program_id(0)
+    pid = tl.program_id(1)
+    seq = pid // H
+    h = pid % H
+    bos = tl.load(cu + seq)
+    eos = tl.load(cu + seq + 1)
+    c0 = tl.load(coff + seq)
+    kk = tl.arange(0, BK)
+    vv = iv * BV + tl.arange(0, BV)
+    km = kk < K
+    vm = vv < V
+    s_ptr = ((seq * H + h) * K + kk[:, None]) * V + vv[None, :]
+    if HAS_INIT:
+        S = tl.load(h0 + s_ptr, mask=km[:, None] & vm[None, :], other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], tl.float32)
+    rl = tl.arange(0, C)
+    for c in range(0, tl.cdiv(eos - bos, C)):
+        rows = bos + c * C + rl
+        rm = rows < eos
+        qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
+        ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
+        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
+        d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
+        vmask = rm[:, None] & vm[None, :]
+        v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
+        v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
+        out = mm(qe_c, S, LOWP) + mm(a_c, v_c, LOWP)
+        tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
+        S = d_c[:, None] * S + mm(tl.trans(ke_c), v_c, LOWP)
+    tl.store(hT + s_ptr, S, mask=km[:, None] & vm[None, :])
+
+
+@triton.jit
+def _bwd_state(
+    v, do, qe, ke, dec, A, h0, dhT, hbuf, dv, dh0, dQp, dKp, dAp, finp, cu, coff, V, TT,
+    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_DHT: tl.constexpr, LOWP: tl.constexpr,
+):
+    iv = tl.program_id(0)
+    pid = tl.program_id(1)
+    seq = pid // H
+    h = pid % H
+    bos = tl.load(cu + seq)
+    eos = tl.load(cu + seq + 1)
+    c0 = tl.load(coff + seq)
+    nch = tl.cdiv(eos - bos, C)
+    kk = tl.arange(0, BK)
+    vv = iv * BV + tl.arange(0, BV)
+    km = kk < K
+    vm = vv < V
+    smask = km[:, None] & vm[None, :]
+    s_ptr = ((seq * H + h) * K + kk[:, None]) * V + vv[None, :]
+    if HAS_INIT:
+        S = tl.load(h0 + s_ptr, mask=smask, other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], tl.float32)
+    rl = tl.arange(0, C)
+    # forward walk: the state at every chunk start, kept for the backward walk
+    for c in range(0, nch):
+        rows = bos + c * C + rl
+        rm = rows < eos
+        tl.store(hbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], S, mask=smask)
+        ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
+        d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
+        v_c = tl.load(v + rows[:, None] * (H * V) + h * V + vv[None, :], mask=rm[:, None] & vm[None, :], other=0.0)
+        S = d_c[:, None] * S + mm(tl.trans(ke_c), v_c, LOWP)
+    if HAS_DHT:
+        dS = tl.load(dhT + s_ptr, mask=smask, other=0.0).to(tl.float32)
+        # final-state term of d(log alpha): sum_v dS_T * S_T, partial over this V block
+        tl.store(finp + ((iv * tl.num_programs(1) + pid) * K) + kk, tl.sum(dS * S, axis=1), mask=km)
+    else:
+        dS = tl.zeros([BK, BV], tl.float32)
+    tl.debug_barrier()
+    for cr in range(0, nch):
+        c = nch - 1 - cr
+        rows = bos + c * C + rl
+        rm = rows < eos
+        qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
+        ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
+        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
+        d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
+        hs = tl.load(hbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], mask=smask, other=0.0)
+        vmask = rm[:, None] & vm[None, :]
+        v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
+        v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
+        do_c = tl.load(do + v_ptr, mask=vmask, other=0.0)
+        dv_c = mm(ke_c, dS, LOWP) + mm(tl.trans(a_c), do_c, LOWP)
+        tl.store(dv + v_ptr, dv_c.to(dv.dtype.element_ty), mask=vmask)
+        p_rows = (iv * TT + rows[:, None]) * H + h
+        d_a = tl.where(rl[:, None] >= rl[None, :], mm(do_c, tl.trans(v_c), LOWP), 0.0)
+        tl.store(dAp + p_rows * C + rl[None, :], d_a, mask=rm[:, None])
+        kmask = rm[:, None] & km[None, :]
+        tl.store(dQp + p_rows * K + kk[None, :], mm(do_c, tl.trans(hs), LOWP), mask=kmask)
+        tl.store(dKp + p_rows * K + kk[None, :], mm(v_c, tl.trans(dS), LOWP), mask=kmask)
+        dS = d_c[:, None] * dS + mm(tl.trans(qe_c), do_c, LOWP)
+    if HAS_INIT:
+        tl.store(dh0 + s_ptr, dS, mask=smask)
+
+
+@triton.jit
+def _sum_partials(ptr, rows, cols, rmask, cmask, row_stride, part_stride, NV):
+    acc = _load_rows(ptr, rows, cols, rmask, cmask, row_stride)
+    for iv in range(1, NV):
+        acc += _load_rows(ptr + iv * part_stride, rows, cols, rmask, cmask, row_stride)
+    return acc
+
+
+@triton.jit
+def _bwd_intra(
+    q, k, gp, tp, dQp, dKp, dAp, dq, dk, db, dgb, dtb, chunk_seq, chunk_idx, cu, scale, eps, NV, TT,
+    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
+    if seq >= 0:
+        rl = tl.arange(0, C)
+        rows = t0 + rl
+        rmask = rows < eos
+        cols = tl.arange(0, BK)
+        cmask = cols < K
+        valid = rmask[:, None] & cmask[None, :]
+        off = h * K
+        loga, kb, _, _, _, _, _ = _gates(
+            _load_rows(gp + off, rows, cols, rmask, cmask, H * K),
+            _load_rows(tp + off, rows, cols, rmask, cmask, H * K),
+            _load_rows(k + off, rows, cols, rmask, cmask, H * K),
+            eps, valid,
+        )
+        qs = _load_rows(q + off, rows, cols, rmask, cmask, H * K) * scale
+        b = tl.cumsum(loga, axis=0)
+        b_last = tl.sum(loga, axis=0)
+        sl = tl.arange(0, SUB)
+        for i in tl.static_range(C // SUB):
+            rows_i = t0 + i * SUB + sl
+            rm_i = rows_i < eos
+            v_i = rm_i[:, None] & cmask[None, :]
+            gp_i = _load_rows(gp + off, rows_i, cols, rm_i, cmask, H * K)
+            tp_i = _load_rows(tp + off, rows_i, cols, rm_i, cmask, H * K)
+            loga_i, kb_i, kh_i, beta_i, g_i, tau_i, rn_i = _gates(
+                gp_i, tp_i, _load_rows(k + off, rows_i, cols, rm_i, cmask, H * K), eps, v_i
+            )
+            qs_i = _load_rows(q + off, rows_i, cols, rm_i, cmask, H * K) * scale
+            prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
+            b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
+            r_i = prefix + tl.sum(loga_i, axis=0)  # b at this sub-chunk's last row
+            # inter-chunk parts, from the V-reduced partials
+            dqs = tl.exp(b_i) * _sum_partials(dQp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV)
+            dkb = tl.exp(b_last[None, :] - b_i) * _sum_partials(
+                dKp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV
+            )
+            # intra-chunk, earlier sub-chunks (columns s < i*SUB) for dq
+            if i > 0:
+                da_row = _sum_partials(dAp + h * C, rows_i, rl, rm_i, rl < i * SUB, H * C, TT * H * C, NV)
+                kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
+                dqs += tl.exp(b_i - prefix[None, :]) * mm(da_row, kg, False)
+            # intra-chunk, later sub-chunks (rows t >= (i+1)*SUB) for dk
+            if i < C // SUB - 1:
+                da_col = _sum_partials(
+                    dAp + h * C + i * SUB, rows, sl, rmask & (rl >= (i + 1) * SUB), sl < SUB, H * C, TT * H * C, NV
+                )
+                qg = qs * tl.exp(tl.where(rl[:, None] >= (i + 1) * SUB, b - r_i[None, :], float("-inf")))
+                dkb += tl.exp(r_i[None, :] - b_i) * mm(tl.trans(da_col), qg, False)
+            # diagonal block, pairwise with s <= t
+            da_d = _sum_partials(dAp + h * C + i * SUB, rows_i, sl, rm_i, sl < SUB, H * C, TT * H * C, NV)
+            for j in tl.static_range(SUB):
+                sel = sl[:, None] == j
+                kb_j = tl.sum(tl.where(sel, kb_i, 0.0), axis=0)
+                qs_j = tl.sum(tl.where(sel, qs_i, 0.0), axis=0)
+                b_j = tl.sum(tl.where(sel, b_i, 0.0), axis=0)
+                da_cj = tl.sum(tl.where(sl[None, :] == j, da_d, 0.0), axis=1)  # dA[t, j]
+                da_rj = tl.sum(tl.where(sel, da_d, 0.0), axis=0)  # dA[j, s]
+                dqs += da_cj[:, None] * kb_j[None, :] * tl.exp(
+                    tl.where(sl[:, None] >= j, b_i - b_j[None, :], float("-inf"))
+                )
+                dkb += da_rj[:, None] * qs_j[None, :] * tl.exp(
+                    tl.where(sl[:, None] <= j, b_j[None, :] - b_i, float("-inf"))
+                )
+            ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
+            tl.store(dq + ptr, (dqs * scale).to(dq.dtype.element_ty), mask=v_i)
+            tl.store(db + ptr, qs_i * dqs - kb_i * dkb, mask=v_i)
+            dkh = dkb * beta_i
+            dk_i = rn_i[:, None] * (dkh - kh_i * tl.sum(dkh * kh_i, axis=1)[:, None])
+            tl.store(dk + ptr, dk_i.to(dk.dtype.element_ty), mask=v_i)
+            dbeta = dkb * kh_i
+            safe_g = tl.where(g_i > 0.0, g_i, 1.0)
+            tl.store(dgb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tau_i / safe_g, 0.0), mask=v_i)
+            tl.store(dtb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tl.log(safe_g), 0.0), mask=v_i)
+
+
+@triton.jit
+def _bwd_gates(gp, tp, dloga, dgb, dtb, dgp, dtp, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    x = tl.load(gp + offs, mask=m, other=0.0).to(tl.float32)
+    y = tl.load(tp + offs, mask=m, other=0.0).to(tl.float32)
+    dl = tl.load(dloga + offs, mask=m, other=0.0)
+    g = softplus(x)
+    tau = sigmoid(y)
+    dg = tl.load(dgb + offs, mask=m, other=0.0) - dl * tau
+    dt = tl.load(dtb + offs, mask=m, other=0.0) - dl * g
+    tl.store(dgp + offs, (dg * sigmoid(x)).to(dgp.dtype.element_ty), mask=m)
+    tl.store(dtp + offs, (dt * tau * (1.0 - tau)).to(dtp.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _decode(
+    q, k, v, gp, tp, s_in, s_out, o, scale, eps, V,
+    H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    iv = tl.program_id(0)
+    pid = tl.program_id(1)  # = b * H + h
+    kk = tl.arange(0, BK)
+    vv = iv * BV + tl.arange(0, BV)
+    km = kk < K
+    vm = vv < V
+    one = tl.arange(0, 1)
+    valid = (one >= 0)[:, None] & km[None, :]
+    kx = pid * K + kk[None, :] + one[:, None]
+    loga, kb, _, _, _, _, _ = _gates(
+        tl.load(gp + kx, mask=valid, other=0.0).to(tl.float32),
+        tl.load(tp + kx, mask=valid, other=0.0).to(tl.float32),
+        tl.load(k + kx, mask=valid, other=0.0).to(tl.float32),
+        eps, valid,
+    )
+    qs = tl.load(q + kx, mask=valid, other=0.0).to(tl.float32) * scale
+    smask = km[:, None] & vm[None, :]
+    s_ptr = (pid * K + kk[:, None]) * V + vv[None, :]
+    S = tl.load(s_in + s_ptr, mask=smask, other=0.0)
+    vt = tl.load(v + pid * V + vv, mask=vm, other=0.0).to(tl.float32)
+    S = tl.exp(tl.sum(loga, axis=0))[:, None] * S + tl.sum(kb, axis=0)[:, None] * vt[None, :]
+    tl.store(s_out + s_ptr, S, mask=smask)
+    out = tl.sum(tl.sum(qs, axis=0)[:, None] * S, axis=0)
+    tl.store(o + pid * V + vv, out.to(o.dtype.element_ty), mask=vm)
+
+
+__all__ = ["SUB", "_bwd_gates", "_bwd_intra", "_bwd_state", "_decode", "_fwd", "_prep", "triton"]

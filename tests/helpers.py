@@ -1,0 +1,18 @@
+"""The one tolerance helper every numerical test uses."""
+
+from __future__ import annotations
+
+import torch
+
+
+def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, *, rel: float, atol: float | None = None):
+    """Fail, naming ``name``, if ``actual`` has NaN/inf, a different shape, a relative RMS error above
+    ``rel`` (||a - e|| / ||e||), or (when ``atol`` is given) an element off by more than ``atol``."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a, e = actual.detach().double(), expected.detach().double()
+    assert torch.isfinite(a).all(), f"{name}: contains NaN/inf"
+    err = (a - e).norm() / e.norm().clamp_min(1e-30)
+    amax = (a - e).abs().max().item() if a.numel() else 0.0
+    assert err <= rel, f"{name}: relative RMS error {err:.3e} > {rel:.1e} (abs max {amax:.3e})"
+    if atol is not None:
+        assert amax <= atol, f"{name}: abs max error {amax:.3e} > {atol:.1e} (relative {err:.3e})"
