@@ -133,3 +133,12 @@ def check_backward_matches_naive_backend(config):
         grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters()}
     for name, g in grads["torch"].items():
         assert_close(name, g, grads["naive"][name], rel=1e-9)
+
+
+@torch.no_grad()
+def check_rope_positions_are_relative(model):
+    """Explicit per-row position_ids shifted by a constant leave the logits unchanged (RoPE is relative)."""
+    ids = rand_ids(model.config, 2, 11, seed=50)
+    base = model(ids).logits
+    pos = torch.arange(11)[None].repeat(2, 1) + torch.tensor([[5], [1000]])
+    assert_close("shifted positions", model(ids, position_ids=pos).logits, base, rel=1e-5)

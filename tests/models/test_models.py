@@ -21,6 +21,7 @@ CHECKS = [
     "check_sampling_generate_is_seeded",
     "check_packed_equals_separate",
     "check_packed_loss_ignores_boundaries",
+    "check_rope_positions_are_relative",
 ]
 
 

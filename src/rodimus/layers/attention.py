@@ -33,12 +33,17 @@ class SlidingWindowSharedKeyAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache=None,
         cu_seqlens: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``attention_mask`` [B, past + T] (1 = real token) covers cached and new positions."""
+        """``attention_mask`` [B, past + T] (1 = real token) covers cached and new positions.
+        ``position_ids`` [B, T] (RoPE positions) default to past .. past + T - 1."""
         B, T, _ = h.shape
         H, Hv, D = self.num_heads, self.num_heads_v, self.head_dim
-        past = cache.get_seq_length(self.layer_idx) if cache is not None else 0
-        positions = torch.arange(past, past + T, device=h.device)
+        if position_ids is None:
+            past = cache.get_seq_length(self.layer_idx) if cache is not None else 0
+            positions = torch.arange(past, past + T, device=h.device)
+        else:
+            positions = position_ids
         q = self.rotary(self.q_proj(h).view(B, T, H, D), positions)
         k = self.rotary(self.k_proj(h).view(B, T, 1, D), positions)
         v = self.v_proj(h).view(B, T, Hv, D)

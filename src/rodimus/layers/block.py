@@ -43,6 +43,7 @@ class RodimusBlock(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         cache=None,
         cu_seqlens: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = hidden_states.float() if self.residual_in_fp32 else hidden_states
         dtype = self.mixer_norm.weight.dtype
@@ -51,5 +52,5 @@ class RodimusBlock(GradientCheckpointingLayer):
         r = h + self.mixer(self.mixer_norm(h).to(dtype), token_mask, cache, cu_seqlens)
         if not self.is_plus:
             return r
-        a = self.attn(self.attn_norm(r).to(dtype), attention_mask, cache, cu_seqlens)
+        a = self.attn(self.attn_norm(r).to(dtype), attention_mask, cache, cu_seqlens, position_ids)
         return r + self.ffn(self.ffn_norm(r + a).to(dtype))

@@ -110,11 +110,13 @@ class RodimusModel(RodimusPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """``cu_seqlens`` [N + 1] marks packed documents in a batch of one row: no state or attention
-        crosses them. ``attention_mask`` [B, past + T] supports left padding."""
+        crosses them. ``attention_mask`` [B, past + T] supports left padding. ``position_ids`` [B, T]
+        are RoPE positions (Rodimus+ only; default: cached length + 0..T-1)."""
         cache = cache if cache is not None else past_key_values
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
@@ -128,12 +130,14 @@ class RodimusModel(RodimusPreTrainedModel):
         if not use_cache:
             cache = None
         attention_mask = self._check_inputs(attention_mask, cu_seqlens, cache, B, T)
+        if position_ids is not None and (position_ids.dim() != 2 or tuple(position_ids.shape) != (B, T)):
+            raise ValueError(f"position_ids must be [B, T] = {(B, T)}, got {tuple(position_ids.shape)}")
 
         hidden = [] if output_hidden_states else None
         for layer in self.layers:
             if hidden is not None:
                 hidden.append(x)
-            x = layer(x, attention_mask=attention_mask, cache=cache, cu_seqlens=cu_seqlens)
+            x = layer(x, attention_mask=attention_mask, cache=cache, cu_seqlens=cu_seqlens, position_ids=position_ids)
         x = self.norm_f(x).to(self.embeddings.weight.dtype)
         if hidden is not None:
             hidden.append(x)
@@ -224,6 +228,7 @@ class RodimusForCausalLM(RodimusPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
         **kwargs,
@@ -232,7 +237,7 @@ class RodimusForCausalLM(RodimusPreTrainedModel, GenerationMixin):
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
             cache=cache if cache is not None else past_key_values, use_cache=use_cache,
-            output_hidden_states=output_hidden_states, cu_seqlens=cu_seqlens,
+            output_hidden_states=output_hidden_states, cu_seqlens=cu_seqlens, position_ids=position_ids,
         )
         h = out.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
