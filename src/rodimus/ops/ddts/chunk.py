@@ -49,7 +49,7 @@ def ddts_chunk(
 
     def chunks(x: torch.Tensor) -> torch.Tensor:  # [B, T, H, D] -> [B, H, N, C, D]
         x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.view(B, N, C, H, x.shape[-1]).permute(0, 3, 1, 2, 4)
+        return x.view(B, N, C, H, x.shape[-1]).permute(0, 3, 1, 2, 4).contiguous()
 
     qc, kc, vc, ac = chunks(qf), chunks(kb), chunks(vf), chunks(log_a)
     b = ac.cumsum(-2)  # [B, H, N, C, K], non-increasing along C
@@ -84,9 +84,10 @@ def ddts_chunk(
         else torch.zeros(B, H, K, V, dtype=acc, device=q.device)
     )
     states = []
-    for n in range(N):
+    # unbind once: indexing inside the loop would make backward write N full-size gradients
+    for carry_n, d_state_n in zip(carry.unsqueeze(-1).unbind(2), d_state.unbind(2)):
         states.append(state)
-        state = carry[:, :, n, :, None] * state + d_state[:, :, n]
+        state = carry_n * state + d_state_n
     q_decayed = qc * torch.exp(b)
     if cu_seqlens is not None:
         q_decayed = q_decayed * from_carry
