@@ -6,14 +6,16 @@ Raises ImportError when triton is missing, which ``rodimus.ops.dispatch.triton_a
 
 from rodimus.ops.triton import _common  # noqa: F401  (sets TRITON_INTERPRET before any kernel is built)
 from rodimus.ops.triton.ddts import ddts_decode_, ddts_triton
+from rodimus.ops.triton.swska import swska_triton
 
-__all__ = ["ddts_decode_", "ddts_triton"]
+__all__ = ["ddts_decode_", "ddts_triton", "swska_triton"]
 
 
 def _register() -> None:
     from rodimus.ops.dispatch import REGISTRY
 
     REGISTRY["ddts"]["triton"] = ddts_triton
+    REGISTRY["swska"]["triton"] = swska_triton
 
 
 _register()

@@ -21,6 +21,48 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _INTERP = tl.constexpr(INTERPRET)
 
 
+def _interpret_stdlib() -> None:
+    """Re-wrap triton.language's own @jit helpers (tl.sum, tl.cumsum, ...) for the interpreter.
+
+    triton decides compiled-vs-interpreted when a function is decorated; if triton was imported
+    before TRITON_INTERPRET was set (transformers imports it), its standard library stays compiled-only
+    and every kernel calling it fails under the interpreter. Swapping them in place fixes that.
+    """
+    import sys
+
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    wrapped: dict[int, InterpretedFunction] = {}
+    for name, mod in list(sys.modules.items()):
+        if mod is None or not name.startswith("triton.language"):
+            continue
+        for attr, obj in list(vars(mod).items()):
+            if isinstance(obj, JITFunction) and not isinstance(obj, InterpretedFunction):
+                setattr(mod, attr, wrapped.setdefault(id(obj), InterpretedFunction(obj.fn)))
+
+
+if INTERPRET:
+    _interpret_stdlib()
+
+
+@triton.jit
+def _tf32(x):
+    # round a float32 tile to tf32's 10-bit mantissa (what the interpreter's float32 dot skips)
+    bits = x.to(tl.float32).to(tl.int32, bitcast=True)
+    return ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def mm_tf32(a, b, LOWP: tl.constexpr):
+    """a @ b for a float32 operand that bf16 would round too coarsely: tf32 when LOWP, else exact."""
+    if LOWP:
+        if _INTERP:
+            return tl.dot(_tf32(a), _tf32(b))
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="tf32")
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
 @triton.jit
 def mm(a, b, LOWP: tl.constexpr):
     """a @ b with a float32 result: bf16 operands when LOWP, exact float32 otherwise."""

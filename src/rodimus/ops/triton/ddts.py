@@ -54,8 +54,25 @@ def _prep(q, k, gp, tp, seqs, scale, eps, C):
     dec = torch.empty(n_chunks, H, K, **f32)
     if n_slots:
         kern._prep[(n_slots, H)](
-            q, k, gp, tp, qe, ke, dec, A, chunk_seq, chunk_idx, cu, coff, scale, eps,
-            H=H, K=K, C=C, BK=next_pow2(K), num_warps=4,
+            q,
+            k,
+            gp,
+            tp,
+            qe,
+            ke,
+            dec,
+            A,
+            chunk_seq,
+            chunk_idx,
+            cu,
+            coff,
+            scale,
+            eps,
+            H=H,
+            K=K,
+            C=C,
+            BK=next_pow2(K),
+            num_warps=4,
         )
     return qe, ke, dec, A
 
@@ -74,9 +91,26 @@ class _DDTSFunction(torch.autograd.Function):
         h0c = h0.contiguous() if h0 is not None else None
         BV = min(64, next_pow2(V))
         kern._fwd[(triton_cdiv(V, BV), n_seq * H)](
-            v, o, qe, ke, dec, A, h0c if h0c is not None else hT, hT, seqs[0], seqs[3], V,
-            H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0c is not None, LOWP=v.dtype in _LOWP,
-            num_warps=4, num_stages=2,
+            v,
+            o,
+            qe,
+            ke,
+            dec,
+            A,
+            h0c if h0c is not None else hT,
+            hT,
+            seqs[0],
+            seqs[3],
+            V,
+            H=H,
+            K=K,
+            C=C,
+            BK=next_pow2(K),
+            BV=BV,
+            HAS_INIT=h0c is not None,
+            LOWP=v.dtype in _LOWP,
+            num_warps=4,
+            num_stages=2,
         )
         ctx.save_for_backward(q, k, v, gp, tp, h0c, cu_seqlens)
         ctx.meta = (B, T, scale, eps, C)
@@ -106,25 +140,74 @@ class _DDTSFunction(torch.autograd.Function):
         finp = torch.zeros(NV, n_seq * H, K, **f32)
         dhT = dhT.contiguous() if dhT is not None else None
         kern._bwd_state[(NV, n_seq * H)](
-            v, do, qe, ke, dec, A, h0 if h0 is not None else hbuf, dhT if dhT is not None else hbuf, hbuf, dv,
-            dh0 if dh0 is not None else hbuf, dQp, dKp, dAp, finp, cu, coff, V, TT,
-            H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0 is not None, HAS_DHT=dhT is not None,
-            LOWP=v.dtype in _LOWP, num_warps=8, num_stages=1,
+            v,
+            do,
+            qe,
+            ke,
+            dec,
+            A,
+            h0 if h0 is not None else hbuf,
+            dhT if dhT is not None else hbuf,
+            hbuf,
+            dv,
+            dh0 if dh0 is not None else hbuf,
+            dQp,
+            dKp,
+            dAp,
+            finp,
+            cu,
+            coff,
+            V,
+            TT,
+            H=H,
+            K=K,
+            C=C,
+            BK=next_pow2(K),
+            BV=BV,
+            HAS_INIT=h0 is not None,
+            HAS_DHT=dhT is not None,
+            LOWP=v.dtype in _LOWP,
+            num_warps=8,
+            num_stages=1,
         )
         del hbuf
         dq, dk = torch.empty_like(q), torch.empty_like(k)
         db, dgb, dtb = (torch.empty(TT, H, K, **f32) for _ in range(3))
         if n_slots:
             kern._bwd_intra[(n_slots, H)](
-                q, k, gp, tp, dQp, dKp, dAp, dq, dk, db, dgb, dtb, chunk_seq, chunk_idx, cu, scale, eps, NV, TT,
-                H=H, K=K, C=C, BK=next_pow2(K), num_warps=4,
+                q,
+                k,
+                gp,
+                tp,
+                dQp,
+                dKp,
+                dAp,
+                dq,
+                dk,
+                db,
+                dgb,
+                dtb,
+                chunk_seq,
+                chunk_idx,
+                cu,
+                scale,
+                eps,
+                NV,
+                TT,
+                H=H,
+                K=K,
+                C=C,
+                BK=next_pow2(K),
+                num_warps=4,
             )
         # d log alpha_t = sum over later tokens of the same sequence (+ the final-state term)
         fin = finp.sum(0).view(n_seq, H, K)
         if cu_seqlens is None:
             dl = db.view(B, T, H, K).flip(1).cumsum(1).flip(1) + fin[:, None]
         else:
-            rc = torch.cat([db.double().flip(0).cumsum(0).flip(0), db.new_zeros(1, H, K, dtype=torch.float64)])
+            rc = torch.cat(
+                [db.double().flip(0).cumsum(0).flip(0), db.new_zeros(1, H, K, dtype=torch.float64)]
+            )
             lens = cu.diff().long()
             seq_of_row = torch.repeat_interleave(torch.arange(n_seq, device=dev), lens, output_size=TT)
             ends = cu[1:].long()[seq_of_row]
@@ -136,8 +219,16 @@ class _DDTSFunction(torch.autograd.Function):
             kern._bwd_gates[(triton_cdiv(n, 1024),)](gp, tp, dl, dgb, dtb, dgp, dtp, n, BLOCK=1024)
         shape4 = (B, T, H)
         return (
-            dq.view(*shape4, K), dk.view(*shape4, K), dv.view(*shape4, V), dgp.view(*shape4, K),
-            dtp.view(*shape4, K), dh0.to(h0.dtype) if dh0 is not None else None, None, None, None, None,
+            dq.view(*shape4, K),
+            dk.view(*shape4, K),
+            dv.view(*shape4, V),
+            dgp.view(*shape4, K),
+            dtp.view(*shape4, K),
+            dh0.to(h0.dtype) if dh0 is not None else None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -168,19 +259,33 @@ def ddts_triton(
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if torch.float64 in (q.dtype, k.dtype, v.dtype, g_pre.dtype, tau_pre.dtype):
-        return ddts_chunk(q, k, v, g_pre, tau_pre, scale=scale, eps=eps, initial_state=initial_state,
-                          cu_seqlens=cu_seqlens, chunk_size=chunk_size)
+        return ddts_chunk(
+            q,
+            k,
+            v,
+            g_pre,
+            tau_pre,
+            scale=scale,
+            eps=eps,
+            initial_state=initial_state,
+            cu_seqlens=cu_seqlens,
+            chunk_size=chunk_size,
+        )
     K = q.shape[-1]
     scale = K**-0.5 if scale is None else float(scale)
     tensors = (q, k, v, g_pre, tau_pre, initial_state)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if q.shape[1] == 1 and cu_seqlens is None and not needs_grad:
         B, _, H, _ = q.shape
-        state = (initial_state.float().clone() if initial_state is not None
-                 else q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32))
+        state = (
+            initial_state.float().clone()
+            if initial_state is not None
+            else q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32)
+        )
         return ddts_decode_(q, k, v, g_pre, tau_pre, state, scale=scale, eps=eps), state
-    return _DDTSFunction.apply(q, k, v, g_pre, tau_pre, initial_state, cu_seqlens, scale, float(eps),
-                               _kernel_chunk(chunk_size))
+    return _DDTSFunction.apply(
+        q, k, v, g_pre, tau_pre, initial_state, cu_seqlens, scale, float(eps), _kernel_chunk(chunk_size)
+    )
 
 
 def ddts_decode_(
@@ -209,7 +314,21 @@ def ddts_decode_(
     o = torch.empty_like(v)
     BV = min(128, next_pow2(V))
     kern._decode[(triton_cdiv(V, BV), B * H)](
-        q.contiguous(), k.contiguous(), v.contiguous(), g_pre.contiguous(), tau_pre.contiguous(), state, state, o,
-        scale, float(eps), V, H=H, K=K, BK=next_pow2(K), BV=BV, num_warps=4,
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
+        g_pre.contiguous(),
+        tau_pre.contiguous(),
+        state,
+        state,
+        o,
+        scale,
+        float(eps),
+        V,
+        H=H,
+        K=K,
+        BK=next_pow2(K),
+        BV=BV,
+        num_warps=4,
     )
     return o

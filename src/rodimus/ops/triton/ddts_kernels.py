@@ -25,9 +25,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from rodimus.ops.triton._common import mm, sigmoid, softplus
+from rodimus.ops.triton._common import mm, mm_tf32, sigmoid, softplus
 
-SUB = 16  # sub-chunk rows (the smallest tile tl.dot takes)
+SUB = tl.constexpr(16)  # sub-chunk rows (the smallest tile tl.dot takes)
 
 
 @triton.jit
@@ -45,9 +45,9 @@ def _gates(gp, tp, kr, eps, valid):
 
 @triton.jit
 def _load_rows(ptr, rows, cols, rmask, cmask, stride):
-    return tl.load(ptr + rows[:, None] * stride + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0).to(
-        tl.float32
-    )
+    return tl.load(
+        ptr + rows[:, None] * stride + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0
+    ).to(tl.float32)
 
 
 @triton.jit
@@ -62,8 +62,24 @@ def _chunk_of(pid, chunk_seq, chunk_idx, cu, C: tl.constexpr):
 
 @triton.jit
 def _prep(
-    q, k, gp, tp, qe, ke, dec, A, chunk_seq, chunk_idx, cu, coff, scale, eps,
-    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+    q,
+    k,
+    gp,
+    tp,
+    qe,
+    ke,
+    dec,
+    A,
+    chunk_seq,
+    chunk_idx,
+    cu,
+    coff,
+    scale,
+    eps,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -80,7 +96,8 @@ def _prep(
             _load_rows(gp + off, rows, cols, rmask, cmask, H * K),
             _load_rows(tp + off, rows, cols, rmask, cmask, H * K),
             _load_rows(k + off, rows, cols, rmask, cmask, H * K),
-            eps, valid,
+            eps,
+            valid,
         )
         qs = _load_rows(q + off, rows, cols, rmask, cmask, H * K) * scale
         b = tl.cumsum(loga, axis=0)
@@ -99,7 +116,8 @@ def _prep(
                 _load_rows(gp + off, rows_i, cols, rm_i, cmask, H * K),
                 _load_rows(tp + off, rows_i, cols, rm_i, cmask, H * K),
                 _load_rows(k + off, rows_i, cols, rm_i, cmask, H * K),
-                eps, v_i,
+                eps,
+                v_i,
             )
             qs_i = _load_rows(q + off, rows_i, cols, rm_i, cmask, H * K) * scale
             prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
@@ -111,12 +129,18 @@ def _prep(
                 a_off = mm(qg, tl.trans(kg), False)
                 cl = tl.arange(0, C)
                 outside = (cl < i * SUB) | (cl >= (i + 1) * SUB)
-                tl.store(a_ptr + cl[None, :], tl.where(cl[None, :] < i * SUB, a_off, 0.0),
-                         mask=rm_i[:, None] & outside[None, :])
+                tl.store(
+                    a_ptr + cl[None, :],
+                    tl.where(cl[None, :] < i * SUB, a_off, 0.0),
+                    mask=rm_i[:, None] & outside[None, :],
+                )
             elif C > SUB:
                 cl = tl.arange(0, C)
-                tl.store(a_ptr + cl[None, :], tl.zeros([SUB, C], tl.float32),
-                         mask=rm_i[:, None] & (cl >= SUB)[None, :])
+                tl.store(
+                    a_ptr + cl[None, :],
+                    tl.zeros([SUB, C], tl.float32),
+                    mask=rm_i[:, None] & (cl >= SUB)[None, :],
+                )
             a_d = tl.zeros([SUB, SUB], tl.float32)
             for j in tl.static_range(SUB):
                 kb_j = tl.sum(tl.where(sl[:, None] == j, kb_i, 0.0), axis=0)
@@ -129,9 +153,24 @@ def _prep(
 
 @triton.jit
 def _fwd(
-    v, o, qe, ke, dec, A, h0, hT, cu, coff, V,
-    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_INIT: tl.constexpr, LOWP: tl.constexpr,
+    v,
+    o,
+    qe,
+    ke,
+    dec,
+    A,
+    h0,
+    hT,
+    cu,
+    coff,
+    V,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    LOWP: tl.constexpr,
 ):
     iv = tl.program_id(0)
     pid = tl.program_id(1)
@@ -160,17 +199,41 @@ def _fwd(
         vmask = rm[:, None] & vm[None, :]
         v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
         v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
-        out = mm(qe_c, S, LOWP) + mm(a_c, v_c, LOWP)
+        out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
         tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
-        S = d_c[:, None] * S + mm(tl.trans(ke_c), v_c, LOWP)
+        S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
     tl.store(hT + s_ptr, S, mask=km[:, None] & vm[None, :])
 
 
 @triton.jit
 def _bwd_state(
-    v, do, qe, ke, dec, A, h0, dhT, hbuf, dv, dh0, dQp, dKp, dAp, finp, cu, coff, V, TT,
-    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_INIT: tl.constexpr, HAS_DHT: tl.constexpr, LOWP: tl.constexpr,
+    v,
+    do,
+    qe,
+    ke,
+    dec,
+    A,
+    h0,
+    dhT,
+    hbuf,
+    dv,
+    dh0,
+    dQp,
+    dKp,
+    dAp,
+    finp,
+    cu,
+    coff,
+    V,
+    TT,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    LOWP: tl.constexpr,
 ):
     iv = tl.program_id(0)
     pid = tl.program_id(1)
@@ -198,8 +261,10 @@ def _bwd_state(
         tl.store(hbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], S, mask=smask)
         ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
         d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
-        v_c = tl.load(v + rows[:, None] * (H * V) + h * V + vv[None, :], mask=rm[:, None] & vm[None, :], other=0.0)
-        S = d_c[:, None] * S + mm(tl.trans(ke_c), v_c, LOWP)
+        v_c = tl.load(
+            v + rows[:, None] * (H * V) + h * V + vv[None, :], mask=rm[:, None] & vm[None, :], other=0.0
+        )
+        S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
     if HAS_DHT:
         dS = tl.load(dhT + s_ptr, mask=smask, other=0.0).to(tl.float32)
         # final-state term of d(log alpha): sum_v dS_T * S_T, partial over this V block
@@ -220,15 +285,15 @@ def _bwd_state(
         v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
         v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
         do_c = tl.load(do + v_ptr, mask=vmask, other=0.0)
-        dv_c = mm(ke_c, dS, LOWP) + mm(tl.trans(a_c), do_c, LOWP)
+        dv_c = mm_tf32(ke_c, dS, LOWP) + mm_tf32(tl.trans(a_c), do_c, LOWP)
         tl.store(dv + v_ptr, dv_c.to(dv.dtype.element_ty), mask=vmask)
         p_rows = (iv * TT + rows[:, None]) * H + h
         d_a = tl.where(rl[:, None] >= rl[None, :], mm(do_c, tl.trans(v_c), LOWP), 0.0)
         tl.store(dAp + p_rows * C + rl[None, :], d_a, mask=rm[:, None])
         kmask = rm[:, None] & km[None, :]
-        tl.store(dQp + p_rows * K + kk[None, :], mm(do_c, tl.trans(hs), LOWP), mask=kmask)
-        tl.store(dKp + p_rows * K + kk[None, :], mm(v_c, tl.trans(dS), LOWP), mask=kmask)
-        dS = d_c[:, None] * dS + mm(tl.trans(qe_c), do_c, LOWP)
+        tl.store(dQp + p_rows * K + kk[None, :], mm_tf32(do_c, tl.trans(hs), LOWP), mask=kmask)
+        tl.store(dKp + p_rows * K + kk[None, :], mm_tf32(v_c, tl.trans(dS), LOWP), mask=kmask)
+        dS = d_c[:, None] * dS + mm_tf32(tl.trans(qe_c), do_c, LOWP)
     if HAS_INIT:
         tl.store(dh0 + s_ptr, dS, mask=smask)
 
@@ -243,8 +308,29 @@ def _sum_partials(ptr, rows, cols, rmask, cmask, row_stride, part_stride, NV):
 
 @triton.jit
 def _bwd_intra(
-    q, k, gp, tp, dQp, dKp, dAp, dq, dk, db, dgb, dtb, chunk_seq, chunk_idx, cu, scale, eps, NV, TT,
-    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+    q,
+    k,
+    gp,
+    tp,
+    dQp,
+    dKp,
+    dAp,
+    dq,
+    dk,
+    db,
+    dgb,
+    dtb,
+    chunk_seq,
+    chunk_idx,
+    cu,
+    scale,
+    eps,
+    NV,
+    TT,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -261,7 +347,8 @@ def _bwd_intra(
             _load_rows(gp + off, rows, cols, rmask, cmask, H * K),
             _load_rows(tp + off, rows, cols, rmask, cmask, H * K),
             _load_rows(k + off, rows, cols, rmask, cmask, H * K),
-            eps, valid,
+            eps,
+            valid,
         )
         qs = _load_rows(q + off, rows, cols, rmask, cmask, H * K) * scale
         b = tl.cumsum(loga, axis=0)
@@ -293,7 +380,14 @@ def _bwd_intra(
             # intra-chunk, later sub-chunks (rows t >= (i+1)*SUB) for dk
             if i < C // SUB - 1:
                 da_col = _sum_partials(
-                    dAp + h * C + i * SUB, rows, sl, rmask & (rl >= (i + 1) * SUB), sl < SUB, H * C, TT * H * C, NV
+                    dAp + h * C + i * SUB,
+                    rows,
+                    sl,
+                    rmask & (rl >= (i + 1) * SUB),
+                    sl < SUB,
+                    H * C,
+                    TT * H * C,
+                    NV,
                 )
                 qg = qs * tl.exp(tl.where(rl[:, None] >= (i + 1) * SUB, b - r_i[None, :], float("-inf")))
                 dkb += tl.exp(r_i[None, :] - b_i) * mm(tl.trans(da_col), qg, False)
@@ -306,11 +400,15 @@ def _bwd_intra(
                 b_j = tl.sum(tl.where(sel, b_i, 0.0), axis=0)
                 da_cj = tl.sum(tl.where(sl[None, :] == j, da_d, 0.0), axis=1)  # dA[t, j]
                 da_rj = tl.sum(tl.where(sel, da_d, 0.0), axis=0)  # dA[j, s]
-                dqs += da_cj[:, None] * kb_j[None, :] * tl.exp(
-                    tl.where(sl[:, None] >= j, b_i - b_j[None, :], float("-inf"))
+                dqs += (
+                    da_cj[:, None]
+                    * kb_j[None, :]
+                    * tl.exp(tl.where(sl[:, None] >= j, b_i - b_j[None, :], float("-inf")))
                 )
-                dkb += da_rj[:, None] * qs_j[None, :] * tl.exp(
-                    tl.where(sl[:, None] <= j, b_j[None, :] - b_i, float("-inf"))
+                dkb += (
+                    da_rj[:, None]
+                    * qs_j[None, :]
+                    * tl.exp(tl.where(sl[:, None] <= j, b_j[None, :] - b_i, float("-inf")))
                 )
             ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
             tl.store(dq + ptr, (dqs * scale).to(dq.dtype.element_ty), mask=v_i)
@@ -341,8 +439,21 @@ def _bwd_gates(gp, tp, dloga, dgb, dtb, dgp, dtp, n, BLOCK: tl.constexpr):
 
 @triton.jit
 def _decode(
-    q, k, v, gp, tp, s_in, s_out, o, scale, eps, V,
-    H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    q,
+    k,
+    v,
+    gp,
+    tp,
+    s_in,
+    s_out,
+    o,
+    scale,
+    eps,
+    V,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
 ):
     iv = tl.program_id(0)
     pid = tl.program_id(1)  # = b * H + h
@@ -357,7 +468,8 @@ def _decode(
         tl.load(gp + kx, mask=valid, other=0.0).to(tl.float32),
         tl.load(tp + kx, mask=valid, other=0.0).to(tl.float32),
         tl.load(k + kx, mask=valid, other=0.0).to(tl.float32),
-        eps, valid,
+        eps,
+        valid,
     )
     qs = tl.load(q + kx, mask=valid, other=0.0).to(tl.float32) * scale
     smask = km[:, None] & vm[None, :]

@@ -1,0 +1,162 @@
+"""SW-SKA through the Triton kernels: same signature as :func:`rodimus.ops.swska.swska_blocked`."""
+
+from __future__ import annotations
+
+import torch
+
+from rodimus.ops.ddts.common import seq_index
+from rodimus.ops.swska.blocked import swska_blocked
+from rodimus.ops.swska.common import check_swska_inputs
+from rodimus.ops.triton import swska_kernels as kern
+from rodimus.ops.triton._common import next_pow2
+
+_LOWP = (torch.bfloat16, torch.float16)
+_TARGET_PROGRAMS = 264  # about two per multiprocessor of an H100/H200
+
+
+def _blocks(T: int, block_size: int | None) -> tuple[int, int]:
+    bm = 16 if T <= 16 else 64
+    if block_size:
+        bm = min(128, next_pow2(block_size, 16))
+    return bm, 64
+
+
+def _meta(q, k, v, key_mask, cu_seqlens):
+    B, T, H, D = q.shape
+    S = k.shape[1]
+    km = key_mask.to(device=q.device, dtype=torch.int8).contiguous() if key_mask is not None else None
+    dstart = None
+    if cu_seqlens is not None:
+        cu = cu_seqlens.to(q.device)
+        dstart = cu[seq_index(cu, T)].to(torch.int32).contiguous()
+    return B, T, H, D, S, v.shape[-1], km, dstart
+
+
+class _SWSKAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, key_mask, cu_seqlens, window, scale, block_size):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        B, T, H, D, S, DV, km, dstart = _meta(q, k, v, key_mask, cu_seqlens)
+        BM, BN = _blocks(T, block_size)
+        o = torch.empty(B, T, H, DV, device=q.device, dtype=q.dtype)
+        lse = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+        dummy = lse
+        kern._fwd[(-(-T // BM), B * H)](
+            q,
+            k,
+            v,
+            o,
+            lse,
+            km if km is not None else dummy,
+            dstart if dstart is not None else dummy,
+            T,
+            S,
+            window,
+            scale,
+            H=H,
+            D=D,
+            DV=DV,
+            BD=next_pow2(D),
+            BDV=next_pow2(DV),
+            BM=BM,
+            BN=BN,
+            HAS_KM=km is not None,
+            HAS_DOC=dstart is not None,
+            LOWP=q.dtype in _LOWP,
+            num_warps=4,
+            num_stages=2,
+        )
+        ctx.save_for_backward(q, k, v, o, lse, km, dstart)
+        ctx.meta = (window, scale, block_size)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, km, dstart = ctx.saved_tensors
+        window, scale, block_size = ctx.meta
+        B, T, H, D = q.shape
+        S, DV = k.shape[1], v.shape[-1]
+        BM, BN = _blocks(T, block_size)
+        do = do.contiguous()
+        delta = (o.float() * do.float()).sum(-1).permute(0, 2, 1).contiguous()  # [B, H, T]
+        dummy = lse
+        common = dict(
+            H=H,
+            D=D,
+            DV=DV,
+            BD=next_pow2(D),
+            BDV=next_pow2(DV),
+            BM=BM,
+            BN=BN,
+            HAS_KM=km is not None,
+            HAS_DOC=dstart is not None,
+            LOWP=q.dtype in _LOWP,
+        )
+        kmp = km if km is not None else dummy
+        dsp = dstart if dstart is not None else dummy
+        dq = torch.empty_like(q)
+        kern._bwd_dq[(-(-T // BM), B * H)](
+            q, k, v, do, lse, delta, dq, kmp, dsp, T, S, window, scale, **common, num_warps=4, num_stages=2
+        )
+        n_kb = -(-S // BN)
+        groups = max(1, min(H, _TARGET_PROGRAMS // max(1, n_kb * B)))
+        hpg = -(-H // groups)
+        groups = -(-H // hpg)
+        dkp = torch.empty(groups, B, S, D, device=q.device, dtype=torch.float32)
+        dv = torch.empty_like(v)
+        kern._bwd_dkdv[(n_kb, B, groups)](
+            q,
+            k,
+            v,
+            do,
+            lse,
+            delta,
+            dkp,
+            dv,
+            kmp,
+            dsp,
+            T,
+            S,
+            window,
+            scale,
+            hpg,
+            **common,
+            num_warps=4,
+            num_stages=2,
+        )
+        return dq, dkp.sum(0).to(k.dtype), dv, None, None, None, None, None
+
+
+def swska_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    window: int,
+    scale: float | None = None,
+    key_mask: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    block_size: int | None = None,
+) -> torch.Tensor:
+    """Flash-style SW-SKA (Triton); arguments and result as :func:`rodimus.ops.swska.swska_blocked`.
+
+    ``block_size`` sets the query tile (rounded to a power of two in [16, 128]). Decoding (T = 1
+    against a cache of S keys) is the same kernel with a 16-row tile. Float64 goes to the torch form.
+    """
+    check_swska_inputs(q, k, v, window, key_mask, cu_seqlens)
+    if torch.float64 in (q.dtype, k.dtype, v.dtype):
+        return swska_blocked(
+            q,
+            k,
+            v,
+            window=window,
+            scale=scale,
+            key_mask=key_mask,
+            cu_seqlens=cu_seqlens,
+            block_size=block_size,
+        )
+    if q.shape[1] == 0:
+        return q.new_zeros(*q.shape[:3], v.shape[-1])
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    return _SWSKAFunction.apply(q, k, v, key_mask, cu_seqlens, int(window), scale, block_size)
