@@ -67,9 +67,7 @@ def save_hf_tokenizer(tok: Tokenizer, eos_token: str, out_dir: str | Path) -> No
     """Write tokenizer.json + tokenizer_config.json so `AutoTokenizer.from_pretrained(out_dir)` works."""
     from transformers import PreTrainedTokenizerFast
 
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=eos_token, bos_token=eos_token, pad_token=eos_token
-    )
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, bos_token=eos_token, pad_token=eos_token)
     hf.save_pretrained(str(out_dir))
 
 

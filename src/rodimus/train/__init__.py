@@ -1,0 +1,1 @@
+"""Training from scratch: presets/config, the trainer loop, atomic checkpoints, torchrun scale-out."""

@@ -1,0 +1,68 @@
+"""The Triton SW-SKA kernels (under the interpreter on CPU) against the float64 reference."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the triton extra is not installed (pip install -e .[triton])")
+
+from rodimus.ops import dispatch  # noqa: E402
+from rodimus.ops.swska import swska_blocked, swska_naive  # noqa: E402
+from rodimus.ops.triton import swska_triton  # noqa: E402
+from tests.helpers import assert_close  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels on a GPU, else the interpreter
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+CASES = [  # B, T, S, H, D, Dv, window, dtype, key_mask, cu_seqlens
+    pytest.param(2, 70, 70, 2, 16, 24, 20, torch.float32, False, None, id="B2-T70-H2-D16-W20-fp32"),
+    pytest.param(1, 50, 80, 3, 16, 16, 7, torch.float32, True, None, id="B1-T50-S80-H3-W7-keymask-fp32"),
+    pytest.param(1, 1, 40, 2, 16, 16, 15, torch.float32, True, None, id="decode-T1-S40-H2-W15-keymask-fp32"),
+    pytest.param(
+        1, 90, 90, 2, 16, 16, 30, torch.float32, False, [0, 10, 10, 60, 90], id="packed4-T90-W30-fp32"
+    ),
+    pytest.param(1, 33, 33, 1, 16, 16, 1, torch.float32, False, None, id="B1-T33-H1-W1-fp32"),
+    pytest.param(2, 70, 70, 4, 32, 32, 20, torch.bfloat16, True, None, id="B2-T70-H4-D32-W20-keymask-bf16"),
+]
+
+
+def _close(name, actual, expected, *, rel):
+    assert_close(name, actual.detach().cpu(), expected.detach().cpu(), rel=rel)
+
+
+@pytest.mark.parametrize("B,T,S,H,D,DV,W,dtype,km,cu", CASES)
+def test_forward_and_every_gradient(B, T, S, H, D, DV, W, dtype, km, cu):
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(DEV, dtype).requires_grad_()
+
+    q, k, v = r(B, T, H, D), r(B, S, D), r(B, S, H, DV)
+    mask = torch.rand(B, S, generator=g) > 0.3 if km else None
+    cu = torch.tensor(cu) if cu is not None else None
+    o = swska_triton(
+        q,
+        k,
+        v,
+        window=W,
+        key_mask=mask.to(DEV) if km else None,
+        cu_seqlens=cu.to(DEV) if cu is not None else None,
+    )
+    do = torch.randn(o.shape, generator=g, dtype=torch.float64)
+    o.backward(do.to(DEV, dtype))
+    ref = [x.detach().cpu().double().requires_grad_() for x in (q, k, v)]
+    o_ref = swska_naive(*ref, window=W, key_mask=mask, cu_seqlens=cu)
+    o_ref.backward(do)
+    tol = TOL[dtype]
+    assert o.dtype == dtype
+    _close("o", o, o_ref, rel=tol)
+    for name, x, xr in zip(("dq", "dk", "dv"), (q, k, v), ref, strict=True):
+        _close(name, x.grad, xr.grad, rel=tol)
+
+
+def test_registered_with_the_torch_signature():
+    assert dispatch.triton_available()
+    assert dispatch.REGISTRY["swska"]["triton"] is swska_triton
+    assert inspect.signature(swska_triton) == inspect.signature(swska_blocked)
