@@ -66,9 +66,7 @@ def ddts_chunk(
         keeps_carry = (doc[:, -1] == prev_doc[:, 0]).to(acc)[:, None]  # [N, 1]
 
     # intra-chunk: o_t += sum_{s<=t} (q_t . (k_s * exp(b_t - b_s))) v_s
-    diff = b.unsqueeze(-2) - b.unsqueeze(-3)  # [B, H, N, C(t), C(s), K]
-    decay = torch.where(pair_mask[..., None], diff, float("-inf")).exp()
-    scores = (qc.unsqueeze(-2) * kc.unsqueeze(-3) * decay).sum(-1)
+    scores = _intra_scores(qc, kc, b, pair_mask)
     o = scores @ vc
 
     # chunk-local state increments and carries, then a short scan over chunks
@@ -97,6 +95,31 @@ def ddts_chunk(
     if cu_seqlens is None:
         return o.to(v.dtype), state
     return o.to(v.dtype), _document_end_states(cu_seqlens, b, kc, vc, states, doc, prev_doc, C)
+
+
+# A chunk whose decay stays above exp(-FACTOR_LIMIT) in every channel takes the matmul form
+# (q e^b)(k e^-b)^T: both factors lie in [e^-30, e^30], far inside float32's range.
+FACTOR_LIMIT = 30.0
+
+
+def _intra_scores(qc: torch.Tensor, kc: torch.Tensor, b: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+    """[.., C, C] scores sum_k q_tk k_sk exp(b_tk - b_sk) for visible pairs (s <= t, same document), else 0.
+
+    Mild-decay chunks use a matmul; the rest form the pairwise decays explicitly (every exponent <= 0), so
+    the result is exact for any decay strength.
+    """
+    strong = b[..., -1, :].amin(-1) < -FACTOR_LIMIT  # [B, H, N]: some channel decays too far to factor
+    ref = -b.clamp(min=-FACTOR_LIMIT)  # clamped so that strong chunks stay finite (they are replaced below)
+    scores = (qc * torch.exp(-ref)) @ (kc * torch.exp(ref)).transpose(-1, -2)
+    scores = scores.masked_fill(~pair_mask, 0.0)
+    if bool(strong.any()):
+        bq, bk, bb = qc[strong], kc[strong], b[strong]  # [M, C, K]
+        mask = pair_mask if pair_mask.dim() == 2 else pair_mask.expand(*strong.shape, -1, -1)[strong]
+        diff = bb.unsqueeze(-2) - bb.unsqueeze(-3)  # [M, C(t), C(s), K]
+        decay = torch.where(mask[..., None], diff, float("-inf")).exp()
+        exact = (bq.unsqueeze(-2) * bk.unsqueeze(-3) * decay).sum(-1)
+        scores = scores.index_put(strong.nonzero(as_tuple=True), exact)
+    return scores
 
 
 def _document_end_states(
