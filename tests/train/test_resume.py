@@ -61,8 +61,8 @@ def test_sigkill_then_resume_matches_uninterrupted(dataset_dir, tmp_path):
     assert killed_at is not None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     assert proc.returncode == -signal.SIGKILL
     assert not (broken / "final").exists()
-    done_before = max(row["step"] for row in read_metrics(broken))
-    assert done_before < N
+    lines = (broken / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) < N  # killed mid-run (the last line may be cut short by the kill)
 
     r = run_cli(["train", "--config", cfg, "--out", str(broken), "--no-progress"])
     assert r.returncode == 0, r.stderr

@@ -85,13 +85,13 @@ def build_model(cfg: TrainConfig, meta: dict, device: torch.device) -> nn.Module
         return RodimusForCausalLM(mcfg)
 
 
-def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+def lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor, count: bool = True) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy and the number of scored tokens (labels -100 are skipped)."""
     tgt = labels[:, 1:].reshape(-1)
     loss = F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tgt, ignore_index=-100, reduction="sum"
     )
-    return loss, int((tgt != -100).sum())
+    return loss, int((tgt != -100).sum()) if count else -1
 
 
 class Trainer:
@@ -123,7 +123,12 @@ class Trainer:
         self.base = base
         self.takes_cu_seqlens = "cu_seqlens" in inspect.signature(base.forward).parameters
         if cfg.activation_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers >= 5 renamed gradient_checkpointing_enable; accept both spellings
+            enable = getattr(base, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable()
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.mode = D.resolve_mode(cfg.parallel, self.info)
         self.model = D.parallelize(base, self.mode, self.info, self.bf16)
         if cfg.compile:
@@ -164,7 +169,8 @@ class Trainer:
             kw["cu_seqlens"] = batch["cu_seqlens"].to(dev, non_blocking=True)
         with self._autocast():
             logits = self.model(**kw).logits
-        return lm_loss_sum(logits, batch["labels"].to(dev, non_blocking=True))
+        loss, _ = lm_loss_sum(logits, batch["labels"].to(dev, non_blocking=True), count=False)
+        return loss, int((batch["labels"][:, 1:] != -100).sum())  # counted on the CPU copy: no device sync
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
         """Forward/backward over the micro-batches, clip, AdamW step. Returns (mean loss, grad norm)."""
