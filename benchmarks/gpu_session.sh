@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One H200 session: every GPU measurement the docs report, in one go (see docs/BENCHMARKS.md).
+# Usage (repo root, on the GPU machine): OUT=out_dir bash benchmarks/gpu_session.sh [FIXTURES_DIR]
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+FIX=${1:-../shared/fixtures/official}
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+LOG="$OUT/session.log"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$LOG"
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$LOG"
+step() {
+  name=$1; limit=$2; shift 2
+  echo "=== $name $* ($(date -u +%FT%TZ))" | tee -a "$LOG"
+  timeout "$limit" "$@" 2>&1 | grep -v -i -E "warn|Loading weights|it/s]" | tee -a "$LOG"
+}
+step check_model 150 python3 benchmarks/check_gpu_model.py --fixtures "$FIX"
+step train 210 python3 benchmarks/bench_train.py --steps 10 --warmup 3 --json "$OUT/bench_train.json"
+step context 110 python3 benchmarks/bench_context.py --d-model 2048 --n-layer 12 --vocab 32000 \
+  --contexts 1024,4096,16384,65536 --decode-tokens 32 --device cuda --dtype bfloat16 --out /tmp/context
+step serve 100 python3 benchmarks/bench_serve.py --device cuda --dtype bfloat16 --d-model 1024 --n-layer 16 \
+  --vocab 32000 --prompt-tokens 1024 --max-tokens 64 --concurrency 1 8 64 --memory-contexts 1024 4096 16384 \
+  --json "$OUT/bench_serve.json"
+cp /tmp/context/*.json /tmp/context/*.md /tmp/context/*.png "$OUT/" 2>/dev/null
+echo "=== done $(date -u +%FT%TZ)" | tee -a "$LOG"
