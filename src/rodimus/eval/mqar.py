@@ -200,7 +200,8 @@ def run_mqar(cfg: MqarConfig) -> tuple[list[dict[str, Any]], dict[str, Path]]:
                     }
                     if best is None or acc > best["accuracy"]:
                         best = row
-                assert best is not None
+                if best is None:
+                    raise ValueError("lrs must name at least one learning rate")
                 rows.append(best)
                 tqdm.write(
                     f"mqar {arch:13s} d={d_model:<4d} T={seq_len:<4d} kv={kv:<3d} acc={best['accuracy']:.3f}"
