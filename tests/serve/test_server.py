@@ -101,6 +101,8 @@ def test_stop_strings_cut_output(served):
         (json.dumps({"model": "tiny", "prompt": "x", "top_p": 0}).encode(), 400, "top_p"),
         (json.dumps({"model": "tiny"}).encode(), 400, "prompt"),
         (json.dumps({"model": "nope", "prompt": "x"}).encode(), 404, "model"),
+        (json.dumps({"model": "tiny", "prompt": "x", "logprobs": 3}).encode(), 400, "logprobs"),
+        (json.dumps({"model": "tiny", "prompt": "x", "echo": True}).encode(), 400, "echo"),
         (json.dumps({"model": "tiny", "prompt": "x" * 70000}).encode(), 413, None),
     ],
 )

@@ -69,6 +69,11 @@ class _Sampling(BaseModel):
     stream_options: dict[str, Any] | None = None
     n: int = Field(1, ge=1, le=1)  # one choice per request is supported
     ignore_eos: bool = False  # extension
+    # Not supported: accepted only at their "off" values, so a request for them fails loudly (400).
+    logprobs: Literal[False, 0] | None = None
+    top_logprobs: Literal[0] | None = None
+    echo: Literal[False] = False
+    best_of: int | None = Field(None, ge=1, le=1)
 
 
 class CompletionRequest(_Sampling):
