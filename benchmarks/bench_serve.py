@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch default)")
     ap.add_argument("--memory-contexts", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--json", type=str, default=None)
+    ap.add_argument(
+        "--compare-eager", action="store_true", help="also serve Rodimus with static_decode=False (eager decode)"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     models = build_models(args.d_model, args.n_layer, args.vocab, getattr(torch, args.dtype))
     prompt = " ".join(f"t{(i * 7) % (args.vocab - 2)}" for i in range(args.prompt_tokens))
     report = {"args": vars(args), "results": {}}
+    if args.compare_eager:  # the same Rodimus weights through the eager DynamicCache decode path
+        models["rodimus_eager"] = models["rodimus"]
     for name, model in models.items():
         model.to(args.device)
         n_params = sum(p.numel() for p in model.parameters())
@@ -140,8 +145,11 @@ def main(argv: list[str] | None = None) -> None:
             ctx: state_bytes(model, [2 + i % (args.vocab - 2) for i in range(ctx)])
             for ctx in args.memory_contexts
         }
+        static = False if name == "rodimus_eager" else None
         engine = Engine(
-            model, tok, EngineConfig(max_batch_size=max(args.concurrency), prefix_cache_bytes=0)
+            model,
+            tok,
+            EngineConfig(max_batch_size=max(args.concurrency), prefix_cache_bytes=0, static_decode=static),
         ).start()
         app = create_app(engine, tok, ServerConfig(model_name="m", max_tokens_limit=1 << 16))
         levels = []
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                 levels.append(asyncio.run(r))
                 lv = levels[-1]
                 print(
-                    f"{name:8s} c={c:3d}  {lv['tokens_per_s']:8.1f} tok/s  "
+                    f"{name:13s} c={c:3d}  {lv['tokens_per_s']:8.1f} tok/s  "
                     f"TTFT p50 {lv['ttft_ms_p50']:8.1f} ms  "
                     f"inter-token {lv['inter_token_ms_mean']:7.2f} ms",
                     flush=True,
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         engine.stop()
         report["results"][name] = {"params": n_params, "state_bytes_by_context": mem, "levels": levels}
         print(
-            f"{name:8s} params {n_params / 1e6:.2f} M; state per stream: "
+            f"{name:13s} params {n_params / 1e6:.2f} M; state per stream: "
             + ", ".join(f"{k} tok {v / 2**20:.2f} MiB" for k, v in mem.items()),
             flush=True,
         )
@@ -169,6 +177,12 @@ def main(argv: list[str] | None = None) -> None:
             f"c={a['concurrency']:3d}: throughput ratio rodimus/llama "
             f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}"
         )
+    if args.compare_eager:
+        for a, b in zip(rod["levels"], report["results"]["rodimus_eager"]["levels"], strict=True):
+            print(
+                f"c={a['concurrency']:3d}: throughput ratio rodimus static/eager decode "
+                f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}"
+            )
     for ctx in args.memory_contexts:
         ratio = lla["state_bytes_by_context"][ctx] / rod["state_bytes_by_context"][ctx]
         print(f"context {ctx}: llama KV / rodimus state = {ratio:.2f}")

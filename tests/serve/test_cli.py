@@ -56,6 +56,28 @@ def test_generate_rejects_bad_options(rodimus_dir):
     assert r.exit_code != 0 and "top_p" in r.output
 
 
+@pytest.mark.parametrize("flag", [None, "--static-decode", "--no-static-decode"])
+def test_serve_static_decode_flag(rodimus_dir, monkeypatch, flag):
+    import uvicorn
+
+    import rodimus.serve.app as app_mod
+    from rodimus.serve.static_state import StaticBackend
+
+    seen, real_create = {}, app_mod.create_app
+
+    def create_app(engine, *args):
+        seen["engine"] = engine
+        return real_create(engine, *args)
+
+    monkeypatch.setattr(app_mod, "create_app", create_app)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    r = CliRunner().invoke(app, ["serve", str(rodimus_dir), *([flag] if flag else [])])
+    assert r.exit_code == 0, r.output
+    engine = seen["engine"]
+    assert engine.config.static_decode is {None: None, "--static-decode": True, "--no-static-decode": False}[flag]
+    assert isinstance(engine.backend, StaticBackend) == (flag != "--no-static-decode")
+
+
 @pytest.mark.slow
 def test_serve_command_end_to_end(rodimus_dir):
     """`rodimus serve` as a real process: loopback bind, API key from the environment, a completion."""

@@ -4,6 +4,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from rodimus.serve.engine import Engine, EngineConfig
 from rodimus.serve.sampling import SamplingParams
@@ -100,3 +101,89 @@ def test_bad_prompt_is_rejected(rodimus_dir):
         engine.submit([1] * 60, SamplingParams(max_tokens=10))
     with pytest.raises(ValueError, match="at least one token"):
         engine.submit([], SamplingParams())
+
+
+def _staggered(model, tok, static: bool, max_batch_size: int = 5) -> list[list[int]]:
+    """Requests that join and leave at different steps, so rows move between buckets and positions."""
+    engine = Engine(
+        model, tok, EngineConfig(max_batch_size=max_batch_size, prefix_cache_bytes=0, static_decode=static)
+    ).start()
+    try:
+        prompts = _prompts(tok, 11)
+        lengths = [3 + (i * 7) % 23 for i in range(len(prompts))]
+        handles, first = [], []
+        for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
+            handles.append(iter(engine.submit(p, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))))
+            # let some steps run before the next arrivals
+            first.append(next(handles[-1]).token_ids if i % 3 == 2 else [])
+        got = [f + [t for out in h for t in out.token_ids] for f, h in zip(first, handles, strict=True)]
+        assert engine.counters["decode_rows"] > engine.counters["decode_steps"]
+    finally:
+        engine.stop()
+    return got
+
+
+@pytest.mark.parametrize("which", ["rodimus_dir", "rodimus_plus_dir"])
+def test_static_decode_equals_eager_decode(which, request):
+    from rodimus.serve.state import RecurrentBackend
+    from rodimus.serve.static_state import StaticBackend
+
+    model, tok = load(request.getfixturevalue(which))
+    assert isinstance(Engine(model, tok).backend, StaticBackend)  # the default for Rodimus models
+    eager = Engine(model, tok, EngineConfig(static_decode=False)).backend
+    assert isinstance(eager, RecurrentBackend) and not isinstance(eager, StaticBackend)
+    got_static, got_eager = _staggered(model, tok, True), _staggered(model, tok, False)
+    assert [len(g) for g in got_static] == [3 + (i * 7) % 23 for i in range(11)]
+    assert got_static == got_eager
+
+
+@pytest.mark.parametrize("which", ["rodimus_dir", "rodimus_plus_dir"])
+def test_static_rows_round_trip_to_row_state(which, request):
+    """Rows written into a bucket and read back are the eager state (what prefix snapshots store)."""
+    model, tok = load(request.getfixturevalue(which))
+    static = Engine(model, tok, EngineConfig(max_batch_size=4, static_decode=True)).backend
+    eager = Engine(model, tok, EngineConfig(max_batch_size=4, static_decode=False)).backend
+    states = [eager.prefill(p, None)[1] for p in _prompts(tok, 3)]
+    e_batch, s_batch = eager.merge(None, [], states), static.merge(None, [], states)
+    for _ in range(5):
+        toks = [7, 11, 13]
+        assert torch.allclose(eager.decode(e_batch, toks), static.decode(s_batch, toks), atol=1e-4, rtol=1e-4)
+    e_batch, s_batch = eager.merge(e_batch, [0, 2], []), static.merge(s_batch, [0, 2], [])  # bucket 4 -> 2
+    assert s_batch.decoder.batch_size == 2
+    for i in range(2):
+        a, b = eager.row_state(e_batch, i), static.row_state(s_batch, i)
+        assert a.length == b.length
+        for la, lb in zip(a.layers, b.layers, strict=True):
+            for ta, tb in zip(la, lb, strict=True):
+                assert ta.shape == tb.shape and ta.dtype == tb.dtype
+                assert torch.allclose(ta, tb, atol=1e-5, rtol=1e-4)
+
+
+def test_static_decode_needs_a_rodimus_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=64)
+    with pytest.raises(ValueError, match="static_decode"):
+        Engine(LlamaForCausalLM(cfg), None, EngineConfig(static_decode=True))
+
+
+@pytest.mark.parametrize("which", ["rodimus_dir", "rodimus_plus_dir"])
+def test_finish_snapshot_from_static_rows_continues_a_chat(which, request):
+    """The state a finished row leaves (read back out of a static bucket) serves the next turn."""
+    model, tok = load(request.getfixturevalue(which))
+    engine = Engine(model, tok, EngineConfig(max_batch_size=4, static_decode=True)).start()
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    try:
+        prompts = _prompts(tok, 4)[1:]
+        firsts = [[t for out in h for t in out.token_ids] for h in [engine.submit(p, params) for p in prompts]]
+        suffix = tok(" # next").input_ids
+        before = engine.counters["prefill_tokens"]
+        turn2 = [p + f + suffix for p, f in zip(prompts, firsts, strict=True)]
+        seconds = [engine.generate(t, params).token_ids for t in turn2]
+        read = engine.counters["prefill_tokens"] - before
+    finally:
+        engine.stop()
+    assert read == len(turn2) * (len(suffix) + 1)  # only the last output token and the suffix were read
+    for t, s in zip(turn2, seconds, strict=True):
+        assert s == offline_greedy(model, t, 20, tok.eos_token_id)

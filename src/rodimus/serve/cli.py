@@ -108,6 +108,11 @@ def serve_cmd(
     max_body_bytes: int = typer.Option(1 << 20, min=1, help="largest request body accepted"),
     dtype: str = typer.Option("float32", help=f"one of {DTYPES}"),
     device: str = typer.Option("cpu"),
+    static_decode: bool | None = typer.Option(
+        None,
+        "--static-decode/--no-static-decode",
+        help="Rodimus: decode through fixed-shape StaticDecoder buckets (CUDA graphs on GPU); default on",
+    ),
 ) -> None:
     """OpenAI-compatible HTTP server with continuous batching and state snapshots."""
     import uvicorn
@@ -117,7 +122,10 @@ def serve_cmd(
 
     m, tok = load_model_and_tokenizer(model, tokenizer, dtype, device)
     ecfg = EngineConfig(
-        max_batch_size=max_batch_size, max_queue=max_queue, prefix_cache_bytes=int(prefix_cache_mb * 2**20)
+        max_batch_size=max_batch_size,
+        max_queue=max_queue,
+        prefix_cache_bytes=int(prefix_cache_mb * 2**20),
+        static_decode=static_decode,
     )
     scfg = ServerConfig(
         model_name=model_name or os.path.basename(os.path.normpath(model)),
@@ -126,7 +134,10 @@ def serve_cmd(
         request_timeout=timeout,
         max_tokens_limit=max_tokens_limit,
     )
-    engine = Engine(m, tok, ecfg).start()
+    try:
+        engine = Engine(m, tok, ecfg).start()
+    except ValueError as exc:  # e.g. --static-decode with a non-Rodimus model
+        raise typer.BadParameter(str(exc)) from exc
     typer.echo(
         f"serving {scfg.model_name!r} on http://{host}:{port} (auth {'on' if api_key else 'off'})", err=True
     )

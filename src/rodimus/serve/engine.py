@@ -29,6 +29,7 @@ from rodimus.serve.sampling import (
     sample_next,
 )
 from rodimus.serve.state import Batch, RowState, make_backend
+from rodimus.serve.static_state import StaticBatch
 
 
 @dataclass
@@ -40,6 +41,7 @@ class EngineConfig:
     prefix_cache_bytes: int = 256 * 2**20  # byte budget of the state-snapshot LRU (0 = off)
     snapshot_on_finish: bool = True  # also keep the state after prompt + completion (multi-turn chats)
     max_context: int = 1_000_000  # prompt + new tokens allowed per request
+    static_decode: bool | None = None  # Rodimus: decode via StaticDecoder buckets (None = on; False = eager)
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue", "prefill_chunk", "prefill_budget", "max_context"):
@@ -50,6 +52,8 @@ class EngineConfig:
             raise ValueError(
                 f"EngineConfig.prefix_cache_bytes must be an int >= 0, got {self.prefix_cache_bytes!r}"
             )
+        if self.static_decode not in (None, True, False):
+            raise ValueError(f"EngineConfig.static_decode must be None, True or False, got {self.static_decode!r}")
 
 
 class QueueFull(RuntimeError):
@@ -131,14 +135,14 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.config = config or EngineConfig()
-        self.backend = make_backend(model)
+        self.backend = make_backend(model, self.config.static_decode, self.config.max_batch_size)
         self.vocab_size = self.backend.vocab_size
         self.eos = set(eos_token_ids) if eos_token_ids else _eos_ids(model, tokenizer)
         self.prefix_cache = PrefixCache(self.config.prefix_cache_bytes)
         self._waiting: deque[Request] = deque()
         self._prefilling: list[Request] = []
         self._active: list[Request] = []
-        self._batch: Batch | None = None
+        self._batch: Batch | StaticBatch | None = None
         self._cv = threading.Condition()
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
@@ -230,7 +234,7 @@ class Engine:
     def stats(self) -> dict:
         with self._cv:
             state_bytes = sum(r.state.nbytes for r in self._prefilling if r.state is not None) + (
-                _batch_bytes(self._batch) if self._batch is not None else 0
+                self.backend.batch_nbytes(self._batch) if self._batch is not None else 0
             )
             return {
                 **self.counters,
@@ -285,7 +289,9 @@ class Engine:
             self._batch = None
             return
         self.counters["max_active"] = max(self.counters["max_active"], len(self._active))
-        self.counters["max_state_bytes"] = max(self.counters["max_state_bytes"], _batch_bytes(self._batch))
+        self.counters["max_state_bytes"] = max(
+            self.counters["max_state_bytes"], self.backend.batch_nbytes(self._batch)
+        )
         logits = self.backend.decode(self._batch, [r.output[-1] for r in self._active])
         self.counters["decode_steps"] += 1
         self.counters["decode_rows"] += len(self._active)
@@ -396,12 +402,6 @@ class Engine:
         self._prefilling, self._active, self._batch = [], [], None
         for r in victims:
             self._finish(r, reason, error=message)
-
-
-def _batch_bytes(batch: Batch) -> int:
-    from rodimus.models.cache import cache_nbytes
-
-    return cache_nbytes(batch.cache)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -10,6 +10,9 @@ Two backends:
   state, fixed in size, plus for Rodimus+ the last W//2 keys/values (bounded by the window).
 - :class:`KVBackend` (Llama-style baselines with a growing KV cache): rows are left-padded to a
   common length with an attention mask and per-row position ids.
+
+By default Rodimus models decode through :class:`rodimus.serve.static_state.StaticBackend` (a
+:class:`RecurrentBackend` whose decode runs on StaticDecoder buffers); :func:`make_backend` picks.
 """
 
 from __future__ import annotations
@@ -91,6 +94,12 @@ class _Backend:
 
     def _prefill_kwargs(self, past: int, n: int) -> dict:
         return {}
+
+    def batch_nbytes(self, batch: Batch) -> int:
+        """Bytes of state the batch holds for its requests."""
+        from rodimus.models.cache import cache_nbytes
+
+        return cache_nbytes(batch.cache)
 
 
 class RecurrentBackend(_Backend):
@@ -301,8 +310,19 @@ class KVBackend(_Backend):
         )
 
 
-def make_backend(model) -> RecurrentBackend | KVBackend:
-    """Pick the state backend for ``model`` (Rodimus family or a KV-cache causal LM)."""
-    if getattr(model.config, "model_type", None) == "rodimus":
-        return RecurrentBackend(model)
-    return KVBackend(model)
+def make_backend(model, static_decode: bool | None = None, max_batch_size: int = 64):
+    """Pick the state backend for ``model``: Rodimus family (static decode when ``static_decode`` is
+    None or True, else eager over a ``DynamicCache``) or a KV-cache causal LM (eager only)."""
+    is_rodimus = getattr(model.config, "model_type", None) == "rodimus"
+    if static_decode and not is_rodimus:
+        raise ValueError(
+            f"static_decode=True needs a Rodimus / Rodimus+ model, got model_type "
+            f"{getattr(model.config, 'model_type', None)!r} (use None or False)"
+        )
+    if not is_rodimus:
+        return KVBackend(model)
+    if static_decode is None or static_decode:
+        from rodimus.serve.static_state import StaticBackend
+
+        return StaticBackend(model, max_batch_size)
+    return RecurrentBackend(model)
