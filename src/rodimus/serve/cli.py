@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -141,10 +142,15 @@ def serve_cmd(
     typer.echo(
         f"serving {scfg.model_name!r} on http://{host}:{port} (auth {'on' if api_key else 'off'})", err=True
     )
+    # Move everything allocated so far (model, tokenizer, libraries) out of the collector's view: a full
+    # collection over it otherwise stalls a burst of requests by a few hundred milliseconds.
+    gc.collect()
+    gc.freeze()
     try:
         uvicorn.run(create_app(engine, tok, scfg), host=host, port=port, log_level="info")
     finally:
         engine.stop()
+        gc.unfreeze()
 
 
 def register(app: typer.Typer) -> None:
