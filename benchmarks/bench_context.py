@@ -11,9 +11,10 @@ import torch
 
 
 def build(folder: Path, d_model: int, n_layer: int, vocab: int, window: int, max_ctx: int) -> list[str]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from rodimus import RodimusConfig, RodimusForCausalLM
+    from rodimus.eval.baselines import llama_baseline_config
 
     torch.manual_seed(0)
     heads = max(1, d_model // 32)
@@ -30,16 +31,7 @@ def build(folder: Path, d_model: int, n_layer: int, vocab: int, window: int, max
         )
         RodimusForCausalLM(cfg).save_pretrained(folder / f"{bt}_d{d_model}")
         paths.append(str(folder / f"{bt}_d{d_model}"))
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=d_model,
-        num_hidden_layers=n_layer,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        intermediate_size=-(-8 * d_model // 3 // 8) * 8,
-        max_position_embeddings=max_ctx,
-        tie_word_embeddings=False,
-    )
+    cfg = llama_baseline_config(d_model, n_layer, heads, vocab, max_ctx)
     LlamaForCausalLM(cfg).save_pretrained(folder / f"llama_d{d_model}")
     return [*paths, str(folder / f"llama_d{d_model}")]
 

@@ -14,9 +14,10 @@ import json
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from rodimus import RodimusConfig, RodimusForCausalLM
+from rodimus.eval.baselines import llama_baseline_config
 
 
 def n_params(m) -> int:
@@ -36,9 +37,7 @@ def rodimus(args, block_type: str, backend: str) -> RodimusForCausalLM:
 def llama_like(args, target: int) -> LlamaForCausalLM:
     """A Llama with the same width/depth whose MLP is sized to match ``target`` parameters."""
     def build(inter):
-        cfg = LlamaConfig(hidden_size=args.d_model, num_hidden_layers=args.n_layer, num_attention_heads=args.heads,
-                          num_key_value_heads=args.heads, intermediate_size=inter, vocab_size=args.vocab,
-                          max_position_embeddings=8192, attn_implementation="sdpa")
+        cfg = llama_baseline_config(args.d_model, args.n_layer, args.heads, args.vocab, 8192, inter)
         torch.manual_seed(0)
         return LlamaForCausalLM(cfg)
     per_unit = 3 * args.d_model * args.n_layer

@@ -37,25 +37,18 @@ def word_tokenizer(folder: Path, vocab: int):
 
 
 def build_models(d_model: int, n_layer: int, vocab: int, dtype: torch.dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from rodimus import RodimusConfig, RodimusForCausalLM
+    from rodimus.eval.baselines import llama_baseline_config
 
     torch.manual_seed(0)
     rod = RodimusForCausalLM(
         RodimusConfig(block_type="rodimus", d_model=d_model, n_layer=n_layer, vocab_size=vocab)
     )
+    heads = max(1, d_model // 64)
     llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=d_model,
-            num_hidden_layers=n_layer,
-            num_attention_heads=max(1, d_model // 64),
-            num_key_value_heads=max(1, d_model // 64),
-            intermediate_size=int(d_model * 8 / 3) // 8 * 8,
-            max_position_embeddings=1 << 16,
-            tie_word_embeddings=False,
-        )
+        llama_baseline_config(d_model, n_layer, heads, vocab, 1 << 16, int(d_model * 8 / 3) // 8 * 8)
     )
     return {"rodimus": rod.to(dtype).eval(), "llama": llama.to(dtype).eval()}
 

@@ -52,20 +52,12 @@ def synthetic_dataset(folder: Path, vocab: int, tokens: int, seed: int = 0) -> N
 
 
 def llama_350m(vocab: int, seq_len: int, smoke: bool = False):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from rodimus.eval.baselines import llama_baseline_config
 
     d, ffn, layers, heads = (64, 176, 2, 2) if smoke else (1024, 2816, 22, 16)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=d,
-        intermediate_size=ffn,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=seq_len,
-        tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
+    cfg = llama_baseline_config(d, layers, heads, vocab, seq_len, intermediate_size=ffn)
     return LlamaForCausalLM(cfg)
 
 

@@ -16,6 +16,29 @@ from torch import nn
 ARCHS = ("rodimus", "rodimus_plus", "llama", "mamba2", "gla")
 
 
+def llama_baseline_config(
+    d_model: int, n_layer: int, num_heads: int, vocab_size: int, max_positions: int,
+    intermediate_size: int | None = None,
+):
+    """The Llama every comparison uses: untied head, SDPA, one KV head per query head, and a SwiGLU width of
+    ceil(8/3 d_model / 8) * 8 unless ``intermediate_size`` says otherwise."""
+    from transformers import LlamaConfig
+
+    if intermediate_size is None:
+        intermediate_size = -(-8 * d_model // 3 // 8) * 8
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=d_model,
+        num_hidden_layers=n_layer,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+
+
 @dataclass
 class ModelSpec:
     arch: str  # one of ARCHS
@@ -75,19 +98,9 @@ def build_model(spec: ModelSpec) -> tuple[nn.Module, int]:
             state += (spec.window // 2) * hd * (1 + heads)  # one shared key head, `heads` value heads
         return model, state
     if spec.arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
+        from transformers import LlamaForCausalLM
 
-        cfg = LlamaConfig(
-            vocab_size=spec.vocab_size,
-            hidden_size=d,
-            num_hidden_layers=spec.n_layer,
-            num_attention_heads=heads,
-            num_key_value_heads=heads,
-            intermediate_size=-(-8 * d // 3 // 8) * 8,
-            max_position_embeddings=spec.seq_len,
-            tie_word_embeddings=False,
-            attn_implementation="sdpa",
-        )
+        cfg = llama_baseline_config(d, spec.n_layer, heads, spec.vocab_size, spec.seq_len)
         return LlamaForCausalLM(cfg), 2 * spec.seq_len * d
     if spec.arch == "mamba2":
         from transformers import Mamba2Config, Mamba2ForCausalLM
