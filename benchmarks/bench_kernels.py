@@ -1,9 +1,14 @@
 """Time the Triton kernels against their baselines in one run (CUDA only), and print the ratios.
 
+Groups (--only): ``fused`` (short conv + SiLU, gated norm with skip, input gate: Triton vs torch forms),
+``layer`` (our whole mixer layer vs fla's RodimusAttention), ``ddts``, ``swska``, ``decode``, and ``sweep``
+(DDTS launch settings, not run by default).
+
 DDTS core (bf16, mem_size K=64, d_inner V=4096, one head): our fused kernels vs our torch chunk form
-vs fla-core's ``chunk_gla`` fed by the gate math in PyTorch (the published path; fla-core is a
-baseline only, installed in the benchmark environment, never a dependency). SW-SKA (16 heads of 128)
-vs SDPA with the shared key repeated per head (and flex_attention with --flex). Decode step latency.
+vs fla-core's ``chunk_gla`` fed by the gate math in PyTorch (the published path; fla-core and
+flash-linear-attention are baselines only, installed in the benchmark environment, never dependencies;
+their autotuners keep --fla-configs configs). SW-SKA (16 heads of 128) vs SDPA with the shared key
+repeated per head (and flex_attention with --flex). Decode step latency.
 Roofline lines use the copy bandwidth and bf16 GEMM rate measured at the start of the same run.
 
     python benchmarks/bench_kernels.py [--quick] [--flex] [--json out.json]
@@ -21,6 +26,7 @@ import torch
 
 RESULTS: list[dict] = []
 NO_FLA = False
+FLA_CONFIGS = 4  # fla autotuners keep this many configs (--fla-configs)
 
 
 def bench(fn, warmup=25, rep=100) -> float:
@@ -86,6 +92,8 @@ def bench_ddts(B, T, bw, tflops, deadline):
             raise ImportError("skipped with --no-fla")
         from fla.ops.gla import chunk_gla
 
+        limit_fla_autotune(FLA_CONFIGS)
+
         def fla_path(q, k, v, gp, tp):
             log_a, kb = ddts_gates(k, gp, tp, 1e-12)  # PyTorch gate passes, float32
             return chunk_gla(q, kb.to(q.dtype), v, g=log_a, scale=K**-0.5, output_final_state=True)
@@ -137,6 +145,141 @@ def bench_ddts(B, T, bw, tflops, deadline):
                     f"ratio {base}/triton {shape}: fwd {times[base][0] / times['triton'][0]:.2f}x,"
                     f" fwd+bwd {times[base][1] / times['triton'][1]:.2f}x"
                 )
+
+
+def bench_forms(group, shape, forms, inputs):
+    """Time each form's forward and forward+backward (gradient of ones) and print the ratio to the first."""
+    times = {}
+    for name, fn in forms.items():
+        with torch.no_grad():
+            t_f = bench(lambda: fn(*inputs), 5, 30)
+        t_fb = bench(fwd_bwd(lambda *a: (fn(*a),), inputs), 3, 20)
+        times[name] = (t_f, t_fb)
+        record(group, name, shape, t_f, fwd_bwd_ms=round(t_fb, 4))
+    first, *rest = times
+    for name in rest:
+        a, b = times[name], times[first]
+        print(f"ratio {name}/{first} {shape}: fwd {a[0] / b[0]:.2f}x, fwd+bwd {a[1] / b[1]:.2f}x")
+
+
+def bench_fused(B, T, D=4096):
+    """The mixer's fused elementwise stages (short conv + SiLU, gated norm with skip, input gate) vs torch."""
+    from rodimus.ops.gating import gate_mul
+    from rodimus.ops.norm import gated_rms_norm
+    from rodimus.ops.short_conv import short_conv
+    from rodimus.ops.triton import gate_mul_triton, gated_rms_norm_triton, short_conv_triton
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def r(*s, dtype=torch.bfloat16):
+        return torch.randn(*s, device="cuda", dtype=dtype, generator=g).requires_grad_()
+
+    shape = f"B{B} T{T} D{D} bf16"
+    conv_in = (r(B, T, D), r(D, 4, dtype=torch.float32), r(D, dtype=torch.float32))
+    bench_forms("short_conv", shape, {"triton": lambda *a: short_conv_triton(*a)[0],
+                                      "torch": lambda *a: short_conv(*a)[0]}, conv_in)
+    cu = torch.linspace(0, B * T, 9, device="cuda").long()  # 8 packed documents
+    packed = tuple(x.reshape(1, B * T, D).detach().requires_grad_() if i == 0 else x for i, x in enumerate(conv_in))
+    bench_forms("short_conv", f"packed 1x{B * T} 8 docs D{D} bf16",
+                {"triton": lambda *a: short_conv_triton(*a, cu_seqlens=cu)[0],
+                 "torch": lambda *a: short_conv(*a, cu_seqlens=cu)[0]}, packed)
+    norm_in = (r(B, T, D), r(B, T, D), r(D, dtype=torch.float32), r(B, T, D), r(D, dtype=torch.float32))
+    bench_forms("gated_norm", shape, {
+        "triton": lambda o, gt, w, x, d: gated_rms_norm_triton(o, gt, w, 1e-5, skip_x=x, skip_weight=d),
+        "torch": lambda o, gt, w, x, d: gated_rms_norm(o, gt, w, 1e-5, skip_x=x, skip_weight=d),
+    }, norm_in)
+    bench_forms("gate_mul", shape, {"triton": gate_mul_triton, "torch": gate_mul}, (r(B, T, D), r(B, T, D)))
+
+
+def sweep_ddts(B, T, deadline, K=64, V=4096):
+    """Time the DDTS walks under a handful of launch settings (rodimus.ops.triton.ddts.LAUNCH)."""
+    from rodimus.ops.triton import ddts as tri
+
+    shape = f"B{B} T{T} H1 K{K} V{V} bf16"
+    xs = ddts_inputs(B, T, K, V)
+    keep = {k: dict(v) for k, v in tri.LAUNCH.items()}
+    fwd_cfgs = [dict(BV=bv, num_warps=w, num_stages=st) for bv in (32, 64, 128) for w in (4, 8) for st in (1, 2)]
+    for cfg in fwd_cfgs:
+        if time.time() > deadline:
+            break
+        tri.LAUNCH["fwd"] = cfg
+        with torch.no_grad():
+            record("sweep_fwd", str(cfg), shape, bench(lambda: tri.ddts_triton(*xs, chunk_size=64), 5, 30))
+    tri.LAUNCH["fwd"] = keep["fwd"]
+    for cfg in [dict(BV=bv, num_warps=w, num_stages=st) for bv in (64, 128) for w in (4, 8) for st in (1, 2)]:
+        if time.time() > deadline:
+            break
+        tri.LAUNCH["bwd_state"] = cfg
+        fn = fwd_bwd(lambda *a: tri.ddts_triton(*a, chunk_size=64), xs)
+        record("sweep_fwd_bwd", str(cfg), shape, bench(fn, 3, 20))
+    tri.LAUNCH.update(keep)
+
+
+def limit_fla_autotune(n: int) -> None:
+    """Keep the first `n` configs of every imported fla autotuner: its full sweep takes minutes per shape."""
+    import sys
+
+    from triton.runtime.autotuner import Autotuner
+
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("fla.") or mod is None:
+            continue
+        for obj in list(vars(mod).values()):
+            while obj is not None and not isinstance(obj, Autotuner):  # look through @triton.heuristics
+                obj = getattr(obj, "fn", None)
+            if obj is not None and len(obj.configs) > n:
+                obj.configs = obj.configs[:n]
+
+
+def bench_layer(B, T, deadline, d_model=2048, mem_size=64):
+    """The whole mixer layer (projections, short conv, gates, core, skip, gated norm) under bf16 autocast."""
+    from rodimus.layers.mixer import RodimusMixer
+
+    shape = f"B{B} T{T} d_model {d_model} d_inner {2 * d_model} mem {mem_size} autocast bf16"
+    torch.manual_seed(0)
+    layers = {
+        "rodimus": RodimusMixer(d_model, 2 * d_model, mem_size, max(d_model // 64, 16), 4, 1e-12, 1e-5, 0),
+    }
+    if not NO_FLA:
+        try:
+            from fla.layers.rodimus import RodimusAttention
+
+            limit_fla_autotune(FLA_CONFIGS)
+            layers["fla_rodimus"] = RodimusAttention(hidden_size=d_model, expand_ratio=mem_size, layer_idx=0)
+            limit_fla_autotune(FLA_CONFIGS)
+        except Exception as e:  # noqa: BLE001
+            print(f"fla layer unavailable: {e!r}")
+    x = torch.randn(B, T, d_model, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    times = {}
+    for name, layer in layers.items():
+        if time.time() > deadline:
+            print(f"skip layer {name}: time budget")
+            continue
+        layer.cuda()
+
+        def fwd(layer=layer):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = layer(x)
+            return out[0] if isinstance(out, tuple) else out
+
+        def fb(fwd=fwd, layer=layer):
+            x.grad = None
+            layer.zero_grad(set_to_none=True)
+            fwd().backward(torch.ones(B, T, d_model, device="cuda", dtype=torch.bfloat16))
+
+        fb()  # compile/autotune outside the timing
+        limit_fla_autotune(FLA_CONFIGS)
+        with torch.no_grad():
+            t_f = bench(fwd, warmup=5, rep=30)
+        torch.cuda.reset_peak_memory_stats()
+        t_fb = bench(fb, warmup=3, rep=20)
+        mem = torch.cuda.max_memory_allocated() / 2**30
+        times[name] = (t_f, t_fb)
+        record("layer", name, shape, t_f, fwd_bwd_ms=round(t_fb, 4), peak_GiB=round(mem, 2))
+        layer.cpu()
+    if "rodimus" in times and "fla_rodimus" in times:
+        a, b = times["fla_rodimus"], times["rodimus"]
+        print(f"ratio fla_layer/ours {shape}: fwd {a[0] / b[0]:.2f}x, fwd+bwd {a[1] / b[1]:.2f}x")
 
 
 def bench_swska(B, T, window, bw, tflops, flex, deadline, H=16, D=128):
@@ -259,18 +402,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--no-fla", action="store_true", help="skip the fla-core baseline (its autotuning is slow)"
     )
-    ap.add_argument("--only", default="ddts,swska,decode", help="comma list of groups to run")
+    ap.add_argument("--fla-configs", type=int, default=4, help="autotune configs kept per fla kernel")
+    ap.add_argument("--only", default="fused,layer,ddts,swska,decode", help="comma list of groups (also: sweep)")
     ap.add_argument("--json", default=None, help="write all rows to this file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels needs a CUDA GPU")
     global NO_FLA
     NO_FLA = args.no_fla
+    global FLA_CONFIGS
+    FLA_CONFIGS = args.fla_configs
     only = set(args.only.split(","))
     deadline = time.time() + args.budget
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     bw, tflops = ceilings()
     shapes = [(8, 2048)] if args.quick else [(8, 2048), (2, 8192)]
+    for B, T in shapes if "fused" in only else ():
+        bench_fused(B, T)
+    for B, T in shapes if "sweep" in only else ():
+        sweep_ddts(B, T, deadline)
+    for B, T in shapes if "layer" in only else ():
+        bench_layer(B, T, deadline)
     for B, T in shapes if "ddts" in only else ():
         bench_ddts(B, T, bw, tflops, deadline)
     for B, T in shapes if "swska" in only else ():

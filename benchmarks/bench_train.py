@@ -76,6 +76,21 @@ def flops_per_token(model, kind: str, seq_len: int) -> float:
     return f
 
 
+def profile_steps(trainer, kind: str, steps: int, top: int = 25) -> None:
+    """Print where the GPU time of `steps` training steps goes, by kernel (the fusion work's map)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            trainer.train_step(trainer.loader.next_step())
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(f"--- profile: {kind}, {steps} steps, top {top} by {key}")
+    print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=70))
+
+
 def run_one(kind: str, args, data_dir: Path) -> dict:
     preset = {"rodimus": "rodimus-350m", "rodimus_plus": "rodimus-plus-350m", "llama": "rodimus-350m"}[kind]
     cfg = preset_config(preset)
@@ -104,6 +119,8 @@ def run_one(kind: str, args, data_dir: Path) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    if args.profile:
+        profile_steps(trainer, kind, args.profile)
     tps = tokens_per_step * args.steps / dt
     row = {
         "model": kind,
@@ -132,6 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator dense bf16 peak, TFLOP/s")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--profile", type=int, default=0, help="after timing, profile this many steps by kernel")
     p.add_argument("--smoke", action="store_true", help="toy sizes, to check the script on a CPU")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One H200 session: every GPU measurement the docs report, in one go (see docs/BENCHMARKS.md).
 # Usage (repo root, on the GPU machine): OUT=out_dir bash benchmarks/gpu_session.sh [FIXTURES_DIR]
+# The fla baselines of bench_kernels need fla-core, flash-linear-attention and einops importable
+# (benchmark environment only); without them those rows are skipped.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -14,8 +16,13 @@ step() {
   echo "=== $name $* ($(date -u +%FT%TZ))" | tee -a "$LOG"
   timeout "$limit" "$@" 2>&1 | grep -v -i -E "warn|Loading weights|it/s]" | tee -a "$LOG"
 }
+step gpu_tests 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/models/test_triton_model.py \
+  tests/models/test_static_decode.py
 step check_model 150 python3 benchmarks/check_gpu_model.py --fixtures "$FIX"
+step kernels 330 python3 benchmarks/bench_kernels.py --budget 300 --json "$OUT/bench_kernels.json"
 step train 210 python3 benchmarks/bench_train.py --steps 10 --warmup 3 --json "$OUT/bench_train.json"
+step train8k 150 python3 benchmarks/bench_train.py --steps 4 --warmup 2 --seq-len 8192 --micro-batch 2 \
+  --json "$OUT/bench_train_8k.json"
 step context 110 python3 benchmarks/bench_context.py --d-model 2048 --n-layer 12 --vocab 32000 \
   --contexts 1024,4096,16384,65536 --decode-tokens 32 --device cuda --dtype bfloat16 --out /tmp/context
 step serve 100 python3 benchmarks/bench_serve.py --device cuda --dtype bfloat16 --d-model 1024 --n-layer 16 \

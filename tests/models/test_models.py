@@ -47,3 +47,21 @@ def test_rodimus_plus_cache_bytes_bounded_by_window():
     short = harness.cache_bytes_after(model, 3)
     at_256, at_8192 = harness.cache_bytes_after(model, 256), harness.cache_bytes_after(model, 8192)
     assert short < at_256 == at_8192
+
+
+def test_autocast_merged_projection_matches_float32():
+    """Under bf16 autocast one GEMM serves q, k and the gates; the result stays within bf16 error of float32."""
+    import torch
+
+    from tests.helpers import assert_close
+
+    model = harness.build(harness.tiny_config("rodimus"))
+    inner = model.model.layers[0].mixer.inner_mixer
+    xc = torch.randn(2, 9, inner.d_inner, generator=torch.Generator().manual_seed(0))
+    ref = inner._projections(xc)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = inner._projections(xc)
+    for name, a, b in zip(("q", "k", "g_pre", "tau_pre"), got, ref, strict=True):
+        assert a.shape == b.shape
+        assert_close(name, a.float(), b, rel=2e-2)
+    assert got[2].dtype == got[3].dtype == torch.float32

@@ -22,20 +22,22 @@ class RodimusBlock(GradientCheckpointingLayer):
         self.residual_in_fp32 = config.residual_in_fp32
         m = config.mixer_settings
         eps = config.norm_epsilon
-        self.mixer_norm = RMSNorm(config.d_model, eps=eps)
+        self.mixer_norm = RMSNorm(config.d_model, eps=eps, kernel_backend=config.kernel_backend)
         self.mixer = RodimusMixer(
             config.d_model, m["d_inner"], m["mem_size"], m["low_rank"], m["d_conv"], m["normalize_epsilon"],
             eps, layer_idx, config.kernel_backend, config.chunk_size,
         )
         if self.is_plus:
             a = config.attn_settings
-            self.attn_norm = RMSNorm(config.d_model, eps=eps)
+            self.attn_norm = RMSNorm(config.d_model, eps=eps, kernel_backend=config.kernel_backend)
             self.attn = SlidingWindowSharedKeyAttention(
                 config.d_model, a["num_heads"], a["num_heads_v"], a["window_size"] // 2, layer_idx,
                 a["rope_theta"], config.kernel_backend,
             )
-            self.ffn_norm = RMSNorm(config.d_model, eps=eps)
-            self.ffn = GatedMLP(config.d_model, ffn_hidden_size(config.d_model, a["ffn_expand_ratio"]))
+            self.ffn_norm = RMSNorm(config.d_model, eps=eps, kernel_backend=config.kernel_backend)
+            self.ffn = GatedMLP(
+                config.d_model, ffn_hidden_size(config.d_model, a["ffn_expand_ratio"]), config.kernel_backend
+            )
 
     def forward(
         self,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from rodimus.ops.dispatch import get_op, resolve_backend
 
 
 def ffn_hidden_size(d_model: int, expand_ratio: float) -> int:
@@ -13,13 +14,15 @@ def ffn_hidden_size(d_model: int, expand_ratio: float) -> int:
 
 
 class GatedMLP(nn.Module):
-    def __init__(self, d_model: int, hidden: int) -> None:
+    def __init__(self, d_model: int, hidden: int, kernel_backend: str = "auto") -> None:
         super().__init__()
         self.hidden = hidden
+        self.kernel_backend = kernel_backend
         self.fc = nn.Linear(d_model, 2 * hidden, bias=False)  # [value; gate]
         self.out_proj = nn.Linear(hidden, d_model, bias=False)
         self.out_proj.init_role = "out"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, g = self.fc(x).split(self.hidden, dim=-1)
-        return self.out_proj(F.silu(g) * a)
+        gate_mul = get_op("gate_mul", resolve_backend(self.kernel_backend, x.device.type))
+        return self.out_proj(gate_mul(g, a, "silu"))

@@ -30,7 +30,11 @@ class ShortConvolution(nn.Module):
 
 
 class RodimusInnerMixer(nn.Module):
-    """x -> o = DDTS(q, k, u; g, tau) + D * x' where x' = silu(conv(x))."""
+    """x -> (o, x') with o = DDTS(q, k, u; g, tau) and x' = silu(conv(x)).
+
+    The paper's o_t also has the skip term D * x' (``residual_weight``): :class:`RodimusMixer`'s gated
+    norm adds it, fused into the same pass over the rows.
+    """
 
     def __init__(
         self, d_inner: int, mem_size: int, low_rank: int, d_conv: int, eps: float, layer_idx: int,
@@ -53,7 +57,27 @@ class RodimusInnerMixer(nn.Module):
             lin.init_role = "xavier"
         self.mem_gate_proj.init_role = "gate"
 
-    def forward(self, x: torch.Tensor, cache=None, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    def _projections(self, xc: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """q, k and the float32 gate pre-activations [g; tau] from x'.
+
+        Under autocast the gate GEMM runs in the autocast dtype anyway, so one GEMM serves q, k, g and
+        tau (x' read once); the gate bias is added in float32. Otherwise the gate GEMM is float32, as
+        the reference computes it.
+        """
+        n = self.mem_size
+        if torch.is_autocast_enabled(xc.device.type):
+            w = torch.cat([self.in_proj.weight, self.mem_gate_proj.weight])
+            q, k, gates = F.linear(xc, w).split([n, n, 2 * n], dim=-1)
+            gates = gates.float() + self.mem_gate_proj.bias.float()
+        else:
+            q, k = self.in_proj(xc).split(n, dim=-1)
+            gates = F.linear(xc.float(), self.mem_gate_proj.weight.float(), self.mem_gate_proj.bias.float())
+        g_pre, tau_pre = gates.split(n, dim=-1)
+        return q, k, g_pre, tau_pre
+
+    def forward(
+        self, x: torch.Tensor, cache=None, cu_seqlens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
         backend = resolve_backend(self.kernel_backend, x.device.type)
         conv_state = rec_state = None
@@ -62,10 +86,8 @@ class RodimusInnerMixer(nn.Module):
             rec_state = cache.get_recurrent_state(self.layer_idx)
         xc, conv_final = self.short_conv(x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens)
         n = self.mem_size
-        q, k = self.in_proj(xc).view(B, T, 1, 2 * n).split(n, dim=-1)
-        u = torch.sigmoid(self.ch_gate_proj(x)) * x
-        gates = F.linear(xc.float(), self.mem_gate_proj.weight.float(), self.mem_gate_proj.bias.float())
-        g_pre, tau_pre = gates.view(B, T, 1, 2 * n).split(n, dim=-1)
+        q, k, g_pre, tau_pre = (t.reshape(B, T, 1, n) for t in self._projections(xc))
+        u = get_op("gate_mul", backend)(self.ch_gate_proj(x), x, "sigmoid")
         kwargs = dict(scale=n**-0.5, eps=self.eps, initial_state=rec_state, cu_seqlens=cu_seqlens)
         if backend == "naive":
             op = get_op("ddts", "naive")
@@ -76,15 +98,14 @@ class RodimusInnerMixer(nn.Module):
             if backend == "torch":
                 kwargs["chunk_size"] = self.chunk_size
         o, state = op(q, k, u.view(B, T, 1, self.d_inner), g_pre, tau_pre, **kwargs)
-        o = (o.squeeze(2).float() + xc.float() * self.residual_weight.float()).to(x.dtype)
         if cache is not None:
             cache.update_conv_state(conv_final, self.layer_idx, conv_kernel_size=conv_final.shape[-1])
             cache.update_recurrent_state(state, self.layer_idx)
-        return o
+        return o.squeeze(2), xc
 
 
 class RodimusMixer(nn.Module):
-    """h -> out_proj(RMSNorm(inner(x) * silu(gate))) with [x; gate] = fc(h)."""
+    """h -> out_proj(RMSNorm((o + D * x') * silu(gate))) with [x; gate] = fc(h), (o, x') = inner(x)."""
 
     def __init__(
         self, d_model: int, d_inner: int, mem_size: int, low_rank: int, d_conv: int, key_eps: float,
@@ -96,7 +117,7 @@ class RodimusMixer(nn.Module):
         self.inner_mixer = RodimusInnerMixer(
             d_inner, mem_size, low_rank, d_conv, key_eps, layer_idx, kernel_backend, chunk_size
         )
-        self.act_norm = GatedRMSNorm(d_inner, eps=norm_eps)
+        self.act_norm = GatedRMSNorm(d_inner, eps=norm_eps, kernel_backend=kernel_backend)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.out_proj.init_role = "out"
 
@@ -111,5 +132,6 @@ class RodimusMixer(nn.Module):
         x, gate = self.fc(h).split(self.d_inner, dim=-1)
         if token_mask is not None:
             x = x * token_mask[..., None].to(x.dtype)
-        o = self.inner_mixer(x, cache=cache, cu_seqlens=cu_seqlens)
-        return self.out_proj(self.act_norm(o, gate))
+        o, xc = self.inner_mixer(x, cache=cache, cu_seqlens=cu_seqlens)
+        y = self.act_norm(o, gate, skip_x=xc, skip_weight=self.inner_mixer.residual_weight)
+        return self.out_proj(y)

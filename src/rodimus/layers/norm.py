@@ -1,30 +1,36 @@
-"""RMS normalisations, computed in float32 and returned in the input's dtype."""
+"""RMSNorm modules; the math is :mod:`rodimus.ops.norm` (fused Triton form on CUDA for the gated one)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from rodimus.ops.dispatch import get_op, resolve_backend
+from rodimus.ops.norm import rms_norm
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * weight.float()).to(x.dtype)
+__all__ = ["GatedRMSNorm", "RMSNorm", "rms_norm"]
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+    def __init__(self, dim: int, eps: float = 1e-5, kernel_backend: str = "auto") -> None:
         super().__init__()
         self.eps = eps
+        self.kernel_backend = kernel_backend
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return get_op("rms_norm", resolve_backend(self.kernel_backend, x.device.type))(x, self.weight, self.eps)
 
 
 class GatedRMSNorm(RMSNorm):
-    """RMSNorm(x * silu(gate)): Rodimus normalises after gating."""
+    """RMSNorm((x + skip_weight * skip_x) * silu(gate)): Rodimus normalises after gating."""
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return rms_norm(x.float() * F.silu(gate.float()), self.weight, self.eps).to(x.dtype)
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        gate: torch.Tensor,
+        skip_x: torch.Tensor | None = None,
+        skip_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        op = get_op("gated_norm", resolve_backend(self.kernel_backend, x.device.type))
+        return op(x, gate, self.weight, self.eps, skip_x=skip_x, skip_weight=skip_weight)

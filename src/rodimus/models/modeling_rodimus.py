@@ -90,7 +90,7 @@ class RodimusModel(RodimusPreTrainedModel):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(RodimusBlock(config, i) for i in range(config.n_layer))
-        self.norm_f = RMSNorm(config.d_model, eps=config.norm_epsilon)
+        self.norm_f = RMSNorm(config.d_model, eps=config.norm_epsilon, kernel_backend=config.kernel_backend)
         self.gradient_checkpointing = False
         self.post_init()
 

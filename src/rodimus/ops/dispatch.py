@@ -11,6 +11,8 @@ import os
 from collections.abc import Callable
 
 from rodimus.ops.ddts import ddts_chunk, ddts_naive, ddts_recurrent
+from rodimus.ops.gating import gate_mul
+from rodimus.ops.norm import gated_rms_norm, rms_norm
 from rodimus.ops.short_conv import short_conv, short_conv_naive
 from rodimus.ops.swska import swska_blocked, swska_naive
 
@@ -20,6 +22,9 @@ BACKENDS = ("auto", "torch", "triton", "naive")
 REGISTRY: dict[str, dict[str, Callable]] = {
     "ddts": {"naive": ddts_naive, "torch": ddts_chunk, "recurrent": ddts_recurrent},
     "short_conv": {"naive": short_conv_naive, "torch": short_conv},
+    "gated_norm": {"naive": gated_rms_norm, "torch": gated_rms_norm},
+    "rms_norm": {"naive": rms_norm, "torch": rms_norm},
+    "gate_mul": {"naive": gate_mul, "torch": gate_mul},
     "swska": {"naive": swska_naive, "torch": swska_blocked},
 }
 

@@ -6,9 +6,20 @@ Raises ImportError when triton is missing, which ``rodimus.ops.dispatch.triton_a
 
 from rodimus.ops.triton import _common  # noqa: F401  (sets TRITON_INTERPRET before any kernel is built)
 from rodimus.ops.triton.ddts import ddts_decode_, ddts_triton
+from rodimus.ops.triton.gating import gate_mul_triton
+from rodimus.ops.triton.norm import gated_rms_norm_triton, rms_norm_triton
+from rodimus.ops.triton.short_conv import short_conv_triton
 from rodimus.ops.triton.swska import swska_triton
 
-__all__ = ["ddts_decode_", "ddts_triton", "swska_triton"]
+__all__ = [
+    "ddts_decode_",
+    "ddts_triton",
+    "gate_mul_triton",
+    "gated_rms_norm_triton",
+    "rms_norm_triton",
+    "short_conv_triton",
+    "swska_triton",
+]
 
 
 def _register() -> None:
@@ -16,6 +27,10 @@ def _register() -> None:
 
     REGISTRY["ddts"]["triton"] = ddts_triton
     REGISTRY["swska"]["triton"] = swska_triton
+    REGISTRY["short_conv"]["triton"] = short_conv_triton
+    REGISTRY["gated_norm"]["triton"] = gated_rms_norm_triton
+    REGISTRY["rms_norm"]["triton"] = rms_norm_triton
+    REGISTRY["gate_mul"]["triton"] = gate_mul_triton
 
 
 _register()

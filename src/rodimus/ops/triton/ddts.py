@@ -11,6 +11,14 @@ from rodimus.ops.triton._common import next_pow2
 
 _LOWP = (torch.bfloat16, torch.float16)
 
+# Launch settings of the two sequential walks (V-block width, warps, pipeline stages). A module-level
+# table rather than @triton.autotune: the backward's partial-sum buffers are sized by BV, and
+# benchmarks/bench_kernels.py --sweep-ddts times alternatives by editing this table.
+LAUNCH = {
+    "fwd": dict(BV=128, num_warps=4, num_stages=1),  # H200 sweep 2026-11-29: 0.52 ms vs 0.77 (BV 64, 2 stages)
+    "bwd_state": dict(BV=64, num_warps=4, num_stages=1),  # fwd+bwd 2.94 ms vs 3.09 (BV 128, 8 warps)
+}
+
 
 def _kernel_chunk(chunk_size: int) -> int:
     """The kernel tiles by a power of two in [16, 128]; the torch form's chunk_size is a hint."""
@@ -89,7 +97,8 @@ class _DDTSFunction(torch.autograd.Function):
         o = torch.empty_like(v)
         hT = torch.zeros(n_seq, H, K, V, device=q.device, dtype=torch.float32)
         h0c = h0.contiguous() if h0 is not None else None
-        BV = min(64, next_pow2(V))
+        cfg = LAUNCH["fwd"]
+        BV = min(cfg["BV"], next_pow2(V))
         kern._fwd[(triton_cdiv(V, BV), n_seq * H)](
             v,
             o,
@@ -109,8 +118,8 @@ class _DDTSFunction(torch.autograd.Function):
             BV=BV,
             HAS_INIT=h0c is not None,
             LOWP=v.dtype in _LOWP,
-            num_warps=4,
-            num_stages=2,
+            num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
         )
         ctx.save_for_backward(q, k, v, gp, tp, h0c, cu_seqlens)
         ctx.meta = (B, T, scale, eps, C)
@@ -128,7 +137,8 @@ class _DDTSFunction(torch.autograd.Function):
         n_seq = cu.numel() - 1
         qe, ke, dec, A = _prep(q, k, gp, tp, seqs, scale, eps, C)
         do = do.contiguous().view(TT, H, V)
-        BV = min(128, next_pow2(V))
+        cfg = LAUNCH["bwd_state"]
+        BV = min(cfg["BV"], next_pow2(V))
         NV = triton_cdiv(V, BV)
         f32 = dict(device=dev, dtype=torch.float32)
         hbuf = torch.empty(n_chunks, H, K, V, **f32)
@@ -167,8 +177,8 @@ class _DDTSFunction(torch.autograd.Function):
             HAS_INIT=h0 is not None,
             HAS_DHT=dhT is not None,
             LOWP=v.dtype in _LOWP,
-            num_warps=8,
-            num_stages=1,
+            num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"],
         )
         del hbuf
         dq, dk = torch.empty_like(q), torch.empty_like(k)
@@ -202,16 +212,9 @@ class _DDTSFunction(torch.autograd.Function):
             )
         # d log alpha_t = sum over later tokens of the same sequence (+ the final-state term)
         fin = finp.sum(0).view(n_seq, H, K)
-        if cu_seqlens is None:
-            dl = db.view(B, T, H, K).flip(1).cumsum(1).flip(1) + fin[:, None]
-        else:
-            rc = torch.cat(
-                [db.double().flip(0).cumsum(0).flip(0), db.new_zeros(1, H, K, dtype=torch.float64)]
-            )
-            lens = cu.diff().long()
-            seq_of_row = torch.repeat_interleave(torch.arange(n_seq, device=dev), lens, output_size=TT)
-            ends = cu[1:].long()[seq_of_row]
-            dl = (rc[:TT] - rc[ends]).float() + fin[seq_of_row]
+        lens = cu.diff().long()
+        seq_of_row = torch.repeat_interleave(torch.arange(n_seq, device=dev), lens, output_size=TT)
+        dl = segment_suffix_sum(db, cu.long(), seq_of_row) + fin[seq_of_row]
         dl = dl.contiguous()
         dgp, dtp = torch.empty_like(gp), torch.empty_like(tp)
         n = TT * H * K
@@ -230,6 +233,28 @@ class _DDTSFunction(torch.autograd.Function):
             None,
             None,
         )
+
+
+def segment_suffix_sum(x: torch.Tensor, cu: torch.Tensor, seq_of_row: torch.Tensor, block: int = 64) -> torch.Tensor:
+    """y_t = sum of x_s over s >= t in t's segment (rows cu[i]:cu[i+1]), along dim 0, in float32.
+
+    Blocked: float32 suffix sums inside blocks of `block` rows (short, so they stay accurate and run in
+    parallel) plus float64 suffix sums of the block totals. One long scan over all rows, as a plain
+    ``cumsum`` would do, runs a few ms on a GPU for 16K rows and loses precision when differenced.
+    """
+    TT = x.shape[0]
+    flat = x.reshape(TT, -1).float()
+    nb = TT // block + 1  # at least one all-zero row past the end, so index TT is valid
+    padded = flat.new_zeros(nb * block, flat.shape[1])
+    padded[:TT] = flat
+    local = padded.view(nb, block, -1).flip(1).cumsum(1).flip(1).reshape(nb * block, -1)
+    totals = local.view(nb, block, -1)[:, 0].double()
+    after = torch.cat([totals.flip(0).cumsum(0).flip(0)[1:], totals.new_zeros(1, totals.shape[1])])
+    rows = torch.arange(TT, device=x.device)
+    ends = cu[1:][seq_of_row]  # one past the segment's last row
+    # suffix from t to the end of everything, S(t) = local[t] + after[t // block]; y_t = S(t) - S(end)
+    y = (local[:TT] - local[ends]).double() + after[rows // block] - after[ends // block]
+    return y.float().view_as(x)
 
 
 def triton_cdiv(a: int, b: int) -> int:

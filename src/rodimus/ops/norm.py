@@ -1,0 +1,55 @@
+"""RMS normalisations, computed in float32 and returned in the input's dtype.
+
+``gated_rms_norm`` is the Rodimus mixer's output stage, RMSNorm((o + d * x) * silu(gate)) * weight,
+with the skip term folded in so a fused kernel can do the whole stage in one pass over the rows.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Reference RMSNorm: float32 inside, result in x's dtype."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.float()).to(x.dtype)
+
+
+def check_gated_norm_inputs(o, gate, weight, skip_x, skip_weight) -> None:
+    D = o.shape[-1]
+    if gate is not None and gate.shape != o.shape:
+        raise ValueError(f"gate must have o's shape {tuple(o.shape)}, got {tuple(gate.shape)}")
+    if weight.shape != (D,):
+        raise ValueError(f"weight must be [D={D}], got {tuple(weight.shape)}")
+    if (skip_x is None) != (skip_weight is None):
+        raise ValueError("skip_x and skip_weight must be given together")
+    if skip_x is not None and (skip_x.shape != o.shape or skip_weight.shape != (D,)):
+        raise ValueError(
+            f"skip_x must have o's shape {tuple(o.shape)} and skip_weight [D={D}], "
+            f"got {tuple(skip_x.shape)} and {tuple(skip_weight.shape)}"
+        )
+
+
+def gated_rms_norm(
+    o: torch.Tensor,
+    gate: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    skip_x: torch.Tensor | None = None,
+    skip_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference: RMSNorm((o + skip_weight * skip_x) * silu(gate)) * weight over the last dim.
+
+    Without gate and skip it is :func:`rms_norm` (the fused kernels serve both).
+    All math in float32 (float64 for float64 inputs); the result has o's dtype.
+    """
+    check_gated_norm_inputs(o, gate, weight, skip_x, skip_weight)
+    acc = torch.float64 if o.dtype == torch.float64 else torch.float32
+    m = o.to(acc)
+    if skip_x is not None:
+        m = m + skip_x.to(acc) * skip_weight.to(acc)
+    z = m * F.silu(gate.to(acc)) if gate is not None else m
+    y = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + eps)
+    return (y * weight.to(acc)).to(o.dtype)

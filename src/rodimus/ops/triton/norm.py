@@ -1,0 +1,162 @@
+"""Fused Rodimus output stage: RMSNorm((o + d * x) * silu(gate)) * weight in one pass per direction.
+
+The same kernels without gate and skip are the blocks' plain RMSNorm.
+
+Same signature as :func:`rodimus.ops.norm.gated_rms_norm`. The torch form makes about ten float32
+passes over [rows, d_inner] and autograd keeps most of them; here the forward reads o, x and gate once
+and writes y plus one float32 rstd per row, and the backward recomputes everything else from those.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from rodimus.ops.norm import check_gated_norm_inputs, gated_rms_norm
+from rodimus.ops.triton._common import INTERPRET, sigmoid
+
+
+@triton.jit
+def _fwd(O, X, G, W, S, Y, RSTD, D, eps, HAS_SKIP: tl.constexpr, HAS_GATE: tl.constexpr, BD: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BD)
+    msk = cols < D
+    off = row * D + cols
+    m = tl.load(O + off, mask=msk, other=0.0).to(tl.float32)
+    if HAS_SKIP:
+        x = tl.load(X + off, mask=msk, other=0.0).to(tl.float32)
+        m += x * tl.load(S + cols, mask=msk, other=0.0).to(tl.float32)
+    z = m
+    if HAS_GATE:
+        g = tl.load(G + off, mask=msk, other=0.0).to(tl.float32)
+        z = m * g * sigmoid(g)
+    rstd = 1.0 / tl.sqrt(tl.sum(z * z, axis=0) / D + eps)
+    w = tl.load(W + cols, mask=msk, other=0.0).to(tl.float32)
+    tl.store(Y + off, (z * rstd * w).to(Y.dtype.element_ty), mask=msk)
+    tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def _bwd(
+    O, X, G, W, S, RSTD, DY, DO, DX, DG, DWP, DSP, N, D, ROWS,
+    HAS_SKIP: tl.constexpr, HAS_GATE: tl.constexpr, BD: tl.constexpr,
+):
+    # one program walks ROWS consecutive rows and keeps its weight/skip gradient partial sums in registers
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BD)
+    msk = cols < D
+    w = tl.load(W + cols, mask=msk, other=0.0).to(tl.float32)
+    if HAS_SKIP:
+        s = tl.load(S + cols, mask=msk, other=0.0).to(tl.float32)
+    dw = tl.zeros([BD], dtype=tl.float32)
+    ds = tl.zeros([BD], dtype=tl.float32)
+    r0 = pid.to(tl.int64) * ROWS
+    for i in range(0, ROWS):
+        row = r0 + i
+        if row < N:
+            off = row * D + cols
+            m = tl.load(O + off, mask=msk, other=0.0).to(tl.float32)
+            if HAS_SKIP:
+                x = tl.load(X + off, mask=msk, other=0.0).to(tl.float32)
+                m += x * s
+            a = tl.full([BD], 1.0, dtype=tl.float32)
+            if HAS_GATE:
+                g = tl.load(G + off, mask=msk, other=0.0).to(tl.float32)
+                sg = sigmoid(g)
+                a = g * sg
+            rstd = tl.load(RSTD + row)
+            zhat = m * a * rstd
+            dy = tl.load(DY + off, mask=msk, other=0.0).to(tl.float32)
+            dzhat = dy * w
+            dw += dy * zhat
+            dz = rstd * (dzhat - zhat * (tl.sum(dzhat * zhat, axis=0) / D))
+            dm = dz * a
+            if HAS_GATE:
+                tl.store(DG + off, (dz * m * sg * (1.0 + g * (1.0 - sg))).to(DG.dtype.element_ty), mask=msk)
+            tl.store(DO + off, dm.to(DO.dtype.element_ty), mask=msk)
+            if HAS_SKIP:
+                tl.store(DX + off, (dm * s).to(DX.dtype.element_ty), mask=msk)
+                ds += dm * x
+    tl.store(DWP + pid * D + cols, dw, mask=msk)
+    if HAS_SKIP:
+        tl.store(DSP + pid * D + cols, ds, mask=msk)
+
+
+def _launch_cfg(D: int) -> tuple[int, int]:
+    BD = triton.next_power_of_2(D)
+    return BD, (1 if INTERPRET else min(16, max(1, BD // 256)))
+
+
+class _GatedNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, o, gate, weight, eps, skip_x, skip_weight):
+        shape, D = o.shape, o.shape[-1]
+        has_skip, has_gate = skip_x is not None, gate is not None
+        o2 = o.reshape(-1, D).contiguous()
+        g2 = gate.reshape(-1, D).contiguous() if has_gate else o2
+        x2 = skip_x.reshape(-1, D).contiguous() if has_skip else o2
+        s = skip_weight.contiguous() if has_skip else weight
+        N = o2.shape[0]
+        y = torch.empty_like(o2)
+        rstd = torch.empty(N, device=o.device, dtype=torch.float32)
+        BD, warps = _launch_cfg(D)
+        if N:
+            _fwd[(N,)](
+                o2, x2, g2, weight, s, y, rstd, D, eps,
+                HAS_SKIP=has_skip, HAS_GATE=has_gate, BD=BD, num_warps=warps,
+            )
+        ctx.save_for_backward(o2, x2, g2, weight, s, rstd)
+        ctx.meta = (shape, has_skip, has_gate)
+        return y.view(shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        o2, x2, g2, weight, s, rstd = ctx.saved_tensors
+        shape, has_skip, has_gate = ctx.meta
+        N, D = o2.shape
+        dy = dy.reshape(N, D).contiguous()
+        do = torch.empty_like(o2)
+        dg = torch.empty_like(g2) if has_gate else do
+        dx = torch.empty_like(x2) if has_skip else do
+        n_prog = max(1, min(N, 4 * _sm_count(o2.device)))
+        rows = -(-N // n_prog) if N else 1
+        n_prog = -(-N // rows) if N else 1
+        dwp = torch.zeros(n_prog, D, device=o2.device, dtype=torch.float32)
+        dsp = torch.zeros(n_prog, D, device=o2.device, dtype=torch.float32) if has_skip else dwp
+        BD, warps = _launch_cfg(D)
+        if N:
+            _bwd[(n_prog,)](
+                o2, x2, g2, weight, s, rstd, dy, do, dx, dg, dwp, dsp, N, D, rows,
+                HAS_SKIP=has_skip, HAS_GATE=has_gate, BD=BD, num_warps=warps,
+            )
+        dw = dwp.sum(0).to(weight.dtype)
+        ds = dsp.sum(0).to(s.dtype) if has_skip else None
+        dg = dg.view(shape) if has_gate else None
+        return do.view(shape), dg, dw, None, dx.view(shape) if has_skip else None, ds
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def gated_rms_norm_triton(
+    o: torch.Tensor,
+    gate: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    skip_x: torch.Tensor | None = None,
+    skip_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Fused :func:`rodimus.ops.norm.gated_rms_norm` (same arguments and result); float64 goes to torch."""
+    check_gated_norm_inputs(o, gate, weight, skip_x, skip_weight)
+    if o.dtype == torch.float64 or o.shape[-1] > 65536:
+        return gated_rms_norm(o, gate, weight, eps, skip_x, skip_weight)
+    return _GatedNorm.apply(o, gate, weight, float(eps), skip_x, skip_weight)
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Fused :func:`rodimus.ops.norm.rms_norm` (same arguments and result): the gated kernel, no gate."""
+    return gated_rms_norm_triton(x, None, weight, eps)

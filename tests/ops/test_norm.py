@@ -1,0 +1,102 @@
+"""The fused gated RMSNorm (Triton; interpreter on CPU) against the float64 torch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rodimus.ops.norm import gated_rms_norm, rms_norm
+from tests.helpers import assert_close
+
+pytest.importorskip("triton", reason="the triton extra is not installed (pip install -e .[triton])")
+
+from rodimus.ops.triton import gated_rms_norm_triton, rms_norm_triton  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
+
+
+def _inputs(shape, dtype, skip, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    D = shape[-1]
+
+    def r(*s, scale=1.0, dt=dtype):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(DEV, dt).requires_grad_()
+
+    o, gate = r(*shape), r(*shape, scale=2.0)
+    w = (1 + torch.rand(D, generator=g, dtype=torch.float64)).to(DEV, torch.float32).requires_grad_()
+    if not skip:
+        return o, gate, w, None, None
+    return o, gate, w, r(*shape), r(D, dt=torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,skip", [((2, 5, 40), True), ((1, 3, 64), False), ((7, 130), True), ((0, 16), True)])
+def test_forward_and_every_gradient(shape, skip, dtype):
+    xs = _inputs(shape, dtype, skip)
+    y = gated_rms_norm_triton(xs[0], xs[1], xs[2], 1e-5, skip_x=xs[3], skip_weight=xs[4])
+    assert y.dtype == dtype and y.shape == shape
+    ref = [x.detach().cpu().double().requires_grad_() if x is not None else None for x in xs]
+    y_ref = gated_rms_norm(ref[0], ref[1], ref[2], 1e-5, skip_x=ref[3], skip_weight=ref[4])
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y.backward(dy.to(DEV, dtype))
+    y_ref.backward(dy)
+    tol = TOL[dtype]
+    assert_close("y", y.detach().cpu(), y_ref.detach(), rel=tol)
+    for name, x, xr in zip(("do", "dgate", "dweight", "dskip_x", "dskip_weight"), xs, ref, strict=True):
+        if x is not None and x.numel():
+            assert x.grad.dtype == x.dtype
+            assert_close(name, x.grad.cpu(), xr.grad, rel=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_plain_rms_norm(dtype):
+    x, _, w, _, _ = _inputs((3, 5, 48), dtype, False)
+    y = rms_norm_triton(x, w, 1e-6)
+    xr, wr = (t.detach().double().cpu().requires_grad_() for t in (x, w))
+    y_ref = rms_norm(xr, wr, 1e-6)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y.backward(dy.to(DEV, dtype))
+    y_ref.backward(dy)
+    assert y.dtype == dtype
+    for name, a, b in (("y", y, y_ref), ("dx", x.grad, xr.grad), ("dweight", w.grad, wr.grad)):
+        assert_close(name, a.detach().cpu(), b.detach(), rel=TOL[dtype])
+
+
+def test_reference_matches_unfused_definition():
+    """The folded skip term equals adding it first and normalising afterwards (the layer's old form)."""
+    o, gate, w, x, d = (t.detach() for t in _inputs((3, 4, 24), torch.float64, True))
+    m = (o + d * x) * torch.nn.functional.silu(gate)
+    expect = m * torch.rsqrt(m.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+    torch.testing.assert_close(gated_rms_norm(o, gate, w, 1e-6, skip_x=x, skip_weight=d), expect)
+
+
+def test_validation():
+    o = torch.zeros(2, 8)
+    with pytest.raises(ValueError, match="gate"):
+        gated_rms_norm(o, torch.zeros(2, 9), torch.ones(8), 1e-5)
+    with pytest.raises(ValueError, match="weight"):
+        gated_rms_norm(o, o, torch.ones(7), 1e-5)
+    with pytest.raises(ValueError, match="together"):
+        gated_rms_norm(o, o, torch.ones(8), 1e-5, skip_x=o)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "silu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gate_mul(activation, dtype):
+    from rodimus.ops.gating import gate_mul
+    from rodimus.ops.triton import gate_mul_triton
+
+    g = torch.Generator().manual_seed(3)
+    a, x = (torch.randn(3, 1000, generator=g, dtype=torch.float64).mul(3).to(DEV, dtype).requires_grad_() for _ in "ax")
+    y = gate_mul_triton(a, x, activation)
+    ar, xr = (t.detach().cpu().double().requires_grad_() for t in (a, x))
+    y_ref = gate_mul(ar, xr, activation)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    y.backward(dy.to(DEV, dtype))
+    y_ref.backward(dy)
+    assert y.dtype == dtype
+    for name, u, v in (("y", y, y_ref), ("da", a.grad, ar.grad), ("dx", x.grad, xr.grad)):
+        assert_close(name, u.detach().cpu(), v.detach(), rel=TOL[dtype])
+    with pytest.raises(ValueError, match="activation"):
+        gate_mul(ar, xr, "relu")
