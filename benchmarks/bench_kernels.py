@@ -198,7 +198,10 @@ def sweep_ddts(B, T, deadline, K=64, V=4096):
     shape = f"B{B} T{T} H1 K{K} V{V} bf16"
     xs = ddts_inputs(B, T, K, V)
     keep = {k: dict(v) for k, v in tri.LAUNCH.items()}
-    fwd_cfgs = [dict(BV=bv, num_warps=w, num_stages=st) for bv in (32, 64, 128) for w in (4, 8) for st in (1, 2)]
+    fwd_cfgs = [dict(BV=bv, num_warps=w, num_stages=1) for bv in (64, 128) for w in (4, 8)]
+    fwd_cfgs += [  # the state walk + chunk-parallel output
+        dict(BV=bv, num_warps=4, num_stages=1, split=True, BV_chunk=bc) for bv, bc in ((64, 64), (128, 64), (128, 128))
+    ]
     for cfg in fwd_cfgs:
         if time.time() > deadline:
             break
@@ -206,7 +209,12 @@ def sweep_ddts(B, T, deadline, K=64, V=4096):
         with torch.no_grad():
             record("sweep_fwd", str(cfg), shape, bench(lambda: tri.ddts_triton(*xs, chunk_size=64), 5, 30))
     tri.LAUNCH["fwd"] = keep["fwd"]
-    for cfg in [dict(BV=bv, num_warps=w, num_stages=st) for bv in (64, 128) for w in (4, 8) for st in (1, 2)]:
+    bwd_cfgs = [dict(BV=bv, num_warps=w, num_stages=1) for bv in (64, 128) for w in (4, 8)]
+    bwd_cfgs += [  # the chunk-parallel backward
+        dict(BV=bv, num_warps=4, num_stages=1, split=True, BV_chunk=bc, slices=ns)
+        for bv, bc, ns in ((64, 64, 4), (128, 64, 4), (128, 128, 4), (128, 64, 8), (64, 32, 8))
+    ]
+    for cfg in bwd_cfgs:
         if time.time() > deadline:
             break
         tri.LAUNCH["bwd_state"] = cfg
@@ -420,7 +428,8 @@ def main(argv: list[str] | None = None) -> None:
     for B, T in shapes if "fused" in only else ():
         bench_fused(B, T)
     for B, T in shapes if "sweep" in only else ():
-        sweep_ddts(B, T, deadline)
+        for V in (4096, 2048):  # d_inner of the 1.3B-class and the 350M-class models
+            sweep_ddts(B, T, deadline, V=V)
     for B, T in shapes if "layer" in only else ():
         bench_layer(B, T, deadline)
     for B, T in shapes if "ddts" in only else ():

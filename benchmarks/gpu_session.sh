@@ -19,6 +19,7 @@ step() {
 step gpu_tests 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/models/test_triton_model.py \
   tests/models/test_static_decode.py
 step check_model 150 python3 benchmarks/check_gpu_model.py --fixtures "$FIX"
+step sweep 200 python3 benchmarks/bench_kernels.py --quick --only sweep --budget 180 --json "$OUT/sweep.json"
 step kernels 330 python3 benchmarks/bench_kernels.py --budget 300 --json "$OUT/bench_kernels.json"
 step train 210 python3 benchmarks/bench_train.py --steps 10 --warmup 3 --json "$OUT/bench_train.json"
 step train8k 150 python3 benchmarks/bench_train.py --steps 4 --warmup 2 --seq-len 8192 --micro-batch 2 \

@@ -74,6 +74,18 @@ def test_forward_and_every_gradient(B, T, H, K, V, dtype, init, cu, chunk):
         _close("dinitial_state", h0.grad, ref_h0.grad, rel=tol)
 
 
+@pytest.mark.parametrize("slices", [1, 3])
+@pytest.mark.parametrize("B,T,H,K,V,dtype,init,cu,chunk", [CASES[0], CASES[3], CASES[4], CASES[6]])
+def test_split_walks(B, T, H, K, V, dtype, init, cu, chunk, slices, monkeypatch):
+    """The chunk-parallel forms (LAUNCH[...]["split"]) meet the same tolerances, forward and gradients."""
+    from rodimus.ops.triton import ddts as tri
+
+    cfg = dict(tri.LAUNCH["bwd_state"], split=True, BV_chunk=16, slices=slices)
+    monkeypatch.setitem(tri.LAUNCH, "bwd_state", cfg)
+    monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32))
+    test_forward_and_every_gradient(B, T, H, K, V, dtype, init, cu, chunk)
+
+
 def test_packed_documents_do_not_leak():
     """Changing one document's tokens leaves every other document's outputs bit-identical."""
     cu = torch.tensor([0, 20, 45, 60])

@@ -16,7 +16,10 @@ _LOWP = (torch.bfloat16, torch.float16)
 # benchmarks/bench_kernels.py --sweep-ddts times alternatives by editing this table.
 LAUNCH = {
     "fwd": dict(BV=128, num_warps=4, num_stages=1),  # H200 sweep 2026-11-29: 0.52 ms vs 0.77 (BV 64, 2 stages)
+    # "split": True: the walk only stores chunk-start states; _fwd_chunk ("BV_chunk" columns) forms o.
     "bwd_state": dict(BV=64, num_warps=4, num_stages=1),  # fwd+bwd 2.94 ms vs 3.09 (BV 128, 8 warps)
+    # "split": True moves dv and the V sums out of the walk into the chunk-parallel _bwd_chunk (with
+    # "BV_chunk" columns per block and "slices" V slices); tested, not yet timed on a GPU.
 }
 
 
@@ -99,6 +102,9 @@ class _DDTSFunction(torch.autograd.Function):
         h0c = h0.contiguous() if h0 is not None else None
         cfg = LAUNCH["fwd"]
         BV = min(cfg["BV"], next_pow2(V))
+        split = bool(cfg.get("split", False))
+        n_chunks = seqs[5]
+        hbuf = torch.empty(n_chunks, H, K, V, device=q.device, dtype=torch.float32) if split else hT
         kern._fwd[(triton_cdiv(V, BV), n_seq * H)](
             v,
             o,
@@ -108,6 +114,7 @@ class _DDTSFunction(torch.autograd.Function):
             A,
             h0c if h0c is not None else hT,
             hT,
+            hbuf,
             seqs[0],
             seqs[3],
             V,
@@ -118,9 +125,17 @@ class _DDTSFunction(torch.autograd.Function):
             BV=BV,
             HAS_INIT=h0c is not None,
             LOWP=v.dtype in _LOWP,
+            SPLIT=split,
             num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
         )
+        if split and seqs[4]:
+            BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
+            kern._fwd_chunk[(seqs[4], H, triton_cdiv(V, BVc))](
+                v, o, qe, A, hbuf, seqs[1], seqs[2], seqs[0], seqs[3], V,
+                H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=v.dtype in _LOWP, num_warps=4,
+            )  # fmt: skip
+        del hbuf
         ctx.save_for_backward(q, k, v, gp, tp, h0c, cu_seqlens)
         ctx.meta = (B, T, scale, eps, C)
         return o.view(B, T, H, V), hT
@@ -140,13 +155,22 @@ class _DDTSFunction(torch.autograd.Function):
         cfg = LAUNCH["bwd_state"]
         BV = min(cfg["BV"], next_pow2(V))
         NV = triton_cdiv(V, BV)
+        split = bool(cfg.get("split", False))
+        if split:  # _bwd_chunk: NS slices of NVB blocks of BVc columns; one partial per slice
+            BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
+            n_blocks = triton_cdiv(V, BVc)
+            NVB = triton_cdiv(n_blocks, min(cfg.get("slices", 4), n_blocks))
+            n_part = triton_cdiv(n_blocks, NVB)
+        else:
+            n_part = NV
         f32 = dict(device=dev, dtype=torch.float32)
         hbuf = torch.empty(n_chunks, H, K, V, **f32)
+        dsbuf = torch.empty(n_chunks, H, K, V, **f32) if split else hbuf
         dv = torch.empty_like(v)
         dh0 = torch.empty(n_seq, H, K, V, **f32) if h0 is not None else None
-        dQp = torch.empty(NV, TT, H, K, **f32)
-        dKp = torch.empty(NV, TT, H, K, **f32)
-        dAp = torch.empty(NV, TT, H, C, **f32)
+        dQp = torch.empty(n_part, TT, H, K, **f32)
+        dKp = torch.empty(n_part, TT, H, K, **f32)
+        dAp = torch.empty(n_part, TT, H, C, **f32)
         finp = torch.zeros(NV, n_seq * H, K, **f32)
         dhT = dhT.contiguous() if dhT is not None else None
         kern._bwd_state[(NV, n_seq * H)](
@@ -159,6 +183,7 @@ class _DDTSFunction(torch.autograd.Function):
             h0 if h0 is not None else hbuf,
             dhT if dhT is not None else hbuf,
             hbuf,
+            dsbuf,
             dv,
             dh0 if dh0 is not None else hbuf,
             dQp,
@@ -177,10 +202,16 @@ class _DDTSFunction(torch.autograd.Function):
             HAS_INIT=h0 is not None,
             HAS_DHT=dhT is not None,
             LOWP=v.dtype in _LOWP,
+            SPLIT=split,
             num_warps=cfg["num_warps"],
             num_stages=cfg["num_stages"],
         )
-        del hbuf
+        if split and n_slots:
+            kern._bwd_chunk[(n_slots, H, n_part)](
+                v, do, ke, A, hbuf, dsbuf, dv, dQp, dKp, dAp, chunk_seq, chunk_idx, cu, coff, V, TT, NVB,
+                H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=v.dtype in _LOWP, num_warps=4,
+            )  # fmt: skip
+        del hbuf, dsbuf
         dq, dk = torch.empty_like(q), torch.empty_like(k)
         db, dgb, dtb = (torch.empty(TT, H, K, **f32) for _ in range(3))
         if n_slots:
@@ -202,7 +233,7 @@ class _DDTSFunction(torch.autograd.Function):
                 cu,
                 scale,
                 eps,
-                NV,
+                n_part,
                 TT,
                 H=H,
                 K=K,

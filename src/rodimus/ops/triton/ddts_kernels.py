@@ -11,9 +11,13 @@ Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is 
   have exponent <= 0), the diagonal block is formed pairwise with s <= t only. No positive exponent
   is ever taken, so nothing overflows however strong the decay.
 * ``_fwd``: one program per (V block, sequence, head) walks the chunks carrying its [K, BV] state in
-  registers: ``o = qe S + A v``, ``S = dec S + ke^T v``. The state never touches HBM.
+  registers: ``o = qe S + A v``, ``S = dec S + ke^T v``. The state never touches HBM. With
+  ``LAUNCH["fwd"]["split"]`` the walk only updates S (one dot per chunk) and stores it per chunk, and
+  ``_fwd_chunk`` (one program per chunk and V block) forms the outputs in parallel.
 * ``_bwd_state``: the same walk forward (states at chunk starts to a scratch buffer), then backward
   carrying dS: dv, and per V block partial sums of dO S^T, v dS^T and dO v^T (reduced in ``_bwd_intra``).
+  With ``LAUNCH["bwd_state"]["split"]`` the walk only carries dS (one dot per chunk) and stores it per
+  chunk; ``_bwd_chunk`` (one program per chunk and V slice) then computes dv and the partial sums.
 * ``_bwd_intra``: per chunk, the V-reduced partials become dq, dk (through the key norm and beta),
   the per-token d(log-decay) contributions and the beta-path gate gradients.
 * ``_bwd_gates``: elementwise, the last link: softplus and sigmoid derivatives.
@@ -161,6 +165,7 @@ def _fwd(
     A,
     h0,
     hT,
+    hbuf,
     cu,
     coff,
     V,
@@ -171,6 +176,7 @@ def _fwd(
     BV: tl.constexpr,
     HAS_INIT: tl.constexpr,
     LOWP: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     iv = tl.program_id(0)
     pid = tl.program_id(1)
@@ -192,17 +198,65 @@ def _fwd(
     for c in range(0, tl.cdiv(eos - bos, C)):
         rows = bos + c * C + rl
         rm = rows < eos
-        qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
         ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
-        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
         d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
+        vmask = rm[:, None] & vm[None, :]
+        v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
+        v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
+        if SPLIT:  # keep the state at every chunk start; _fwd_chunk forms the outputs chunk-parallel
+            tl.store(hbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], S,
+                     mask=km[:, None] & vm[None, :])
+        else:
+            qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
+            a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
+            out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
+            tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
+        S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
+    tl.store(hT + s_ptr, S, mask=km[:, None] & vm[None, :])
+
+
+@triton.jit
+def _fwd_chunk(
+    v,
+    o,
+    qe,
+    A,
+    hbuf,
+    chunk_seq,
+    chunk_idx,
+    cu,
+    coff,
+    V,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    LOWP: tl.constexpr,
+):
+    """o = qe S_c + A v for one chunk and V block, from the chunk-start state the SPLIT walk stored."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    iv = tl.program_id(2)
+    seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
+    if seq >= 0:
+        ch = tl.load(coff + seq) + c
+        rl = tl.arange(0, C)
+        rows = t0 + rl
+        rm = rows < eos
+        kk = tl.arange(0, BK)
+        km = kk < K
+        vv = iv * BV + tl.arange(0, BV)
+        vm = vv < V
+        S = tl.load(hbuf + ((ch * H + h) * K + kk[:, None]) * V + vv[None, :], mask=km[:, None] & vm[None, :],
+                    other=0.0)
+        qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
+        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
         vmask = rm[:, None] & vm[None, :]
         v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
         v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
         out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
         tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
-        S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
-    tl.store(hT + s_ptr, S, mask=km[:, None] & vm[None, :])
 
 
 @triton.jit
@@ -216,6 +270,7 @@ def _bwd_state(
     h0,
     dhT,
     hbuf,
+    dsbuf,
     dv,
     dh0,
     dQp,
@@ -234,6 +289,7 @@ def _bwd_state(
     HAS_INIT: tl.constexpr,
     HAS_DHT: tl.constexpr,
     LOWP: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     iv = tl.program_id(0)
     pid = tl.program_id(1)
@@ -277,25 +333,101 @@ def _bwd_state(
         rows = bos + c * C + rl
         rm = rows < eos
         qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
-        ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
-        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
         d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
-        hs = tl.load(hbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], mask=smask, other=0.0)
         vmask = rm[:, None] & vm[None, :]
         v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
-        v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
         do_c = tl.load(do + v_ptr, mask=vmask, other=0.0)
-        dv_c = mm_tf32(ke_c, dS, LOWP) + mm_tf32(tl.trans(a_c), do_c, LOWP)
-        tl.store(dv + v_ptr, dv_c.to(dv.dtype.element_ty), mask=vmask)
-        p_rows = (iv * TT + rows[:, None]) * H + h
-        d_a = tl.where(rl[:, None] >= rl[None, :], mm(do_c, tl.trans(v_c), LOWP), 0.0)
-        tl.store(dAp + p_rows * C + rl[None, :], d_a, mask=rm[:, None])
-        kmask = rm[:, None] & km[None, :]
-        tl.store(dQp + p_rows * K + kk[None, :], mm_tf32(do_c, tl.trans(hs), LOWP), mask=kmask)
-        tl.store(dKp + p_rows * K + kk[None, :], mm_tf32(v_c, tl.trans(dS), LOWP), mask=kmask)
+        if SPLIT:  # keep dS at every chunk end; _bwd_chunk does the rest chunk-parallel
+            tl.store(dsbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], dS, mask=smask)
+        else:
+            ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
+            a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
+            hs = tl.load(
+                hbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], mask=smask, other=0.0
+            )
+            v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
+            dv_c = mm_tf32(ke_c, dS, LOWP) + mm_tf32(tl.trans(a_c), do_c, LOWP)
+            tl.store(dv + v_ptr, dv_c.to(dv.dtype.element_ty), mask=vmask)
+            p_rows = (iv * TT + rows[:, None]) * H + h
+            d_a = tl.where(rl[:, None] >= rl[None, :], mm(do_c, tl.trans(v_c), LOWP), 0.0)
+            tl.store(dAp + p_rows * C + rl[None, :], d_a, mask=rm[:, None])
+            kmask = rm[:, None] & km[None, :]
+            tl.store(dQp + p_rows * K + kk[None, :], mm_tf32(do_c, tl.trans(hs), LOWP), mask=kmask)
+            tl.store(dKp + p_rows * K + kk[None, :], mm_tf32(v_c, tl.trans(dS), LOWP), mask=kmask)
         dS = d_c[:, None] * dS + mm_tf32(tl.trans(qe_c), do_c, LOWP)
     if HAS_INIT:
         tl.store(dh0 + s_ptr, dS, mask=smask)
+
+
+@triton.jit
+def _bwd_chunk(
+    v,
+    do,
+    ke,
+    A,
+    hbuf,
+    dsbuf,
+    dv,
+    dQp,
+    dKp,
+    dAp,
+    chunk_seq,
+    chunk_idx,
+    cu,
+    coff,
+    V,
+    TT,
+    NVB,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    LOWP: tl.constexpr,
+):
+    """One chunk, one slice of NVB V blocks: dv, and this slice's V-sums of dO S^T, v dS^T and dO v^T.
+
+    The chunk-parallel half of the backward when ``_bwd_state`` runs with SPLIT (it then only carries
+    dS and stores it per chunk): every chunk's work here is independent, so the sequential walk is one
+    dot per chunk and there are only a few V-slice partials instead of one per V block of the walk.
+    """
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    sl = tl.program_id(2)
+    seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
+    if seq >= 0:
+        ch = tl.load(coff + seq) + c
+        rl = tl.arange(0, C)
+        rows = t0 + rl
+        rm = rows < eos
+        kk = tl.arange(0, BK)
+        km = kk < K
+        ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
+        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
+        dq = tl.zeros([C, BK], tl.float32)
+        dk = tl.zeros([C, BK], tl.float32)
+        da = tl.zeros([C, C], tl.float32)
+        for j in range(0, NVB):
+            vv = (sl * NVB + j) * BV + tl.arange(0, BV)
+            vm = vv < V
+            smask = km[:, None] & vm[None, :]
+            s_off = ((ch * H + h) * K + kk[:, None]) * V + vv[None, :]
+            hs = tl.load(hbuf + s_off, mask=smask, other=0.0)
+            dS = tl.load(dsbuf + s_off, mask=smask, other=0.0)
+            vmask = rm[:, None] & vm[None, :]
+            v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
+            v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
+            do_c = tl.load(do + v_ptr, mask=vmask, other=0.0)
+            dv_c = mm_tf32(ke_c, dS, LOWP) + mm_tf32(tl.trans(a_c), do_c, LOWP)
+            tl.store(dv + v_ptr, dv_c.to(dv.dtype.element_ty), mask=vmask)
+            dq += mm_tf32(do_c, tl.trans(hs), LOWP)
+            dk += mm_tf32(v_c, tl.trans(dS), LOWP)
+            da += mm(do_c, tl.trans(v_c), LOWP)
+        p_rows = (sl * TT + rows[:, None]) * H + h
+        kmask = rm[:, None] & km[None, :]
+        tl.store(dQp + p_rows * K + kk[None, :], dq, mask=kmask)
+        tl.store(dKp + p_rows * K + kk[None, :], dk, mask=kmask)
+        tl.store(dAp + p_rows * C + rl[None, :], tl.where(rl[:, None] >= rl[None, :], da, 0.0), mask=rm[:, None])
 
 
 @triton.jit
