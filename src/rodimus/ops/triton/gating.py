@@ -13,27 +13,30 @@ import triton.language as tl
 from rodimus.ops.gating import check_gate_inputs, gate_mul
 from rodimus.ops.triton._common import sigmoid
 
-BLOCK = 2048
+MAX_BLOCK = 2048
 
 
 @triton.jit
-def _fwd(A, X, Y, n, SILU: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
-    a = tl.load(A + offs, mask=m, other=0.0).to(tl.float32)
-    x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
+def _fwd(A, X, Y, D, sa, sx, SILU: tl.constexpr, BLOCK: tl.constexpr):
+    # one program: BLOCK columns of one row; sa, sx are row strides (a and x are often column slices)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < D
+    a = tl.load(A + row * sa + cols, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(X + row * sx + cols, mask=m, other=0.0).to(tl.float32)
     s = sigmoid(a)
     f = a * s if SILU else s
-    tl.store(Y + offs, (f * x).to(Y.dtype.element_ty), mask=m)
+    tl.store(Y + row * D + cols, (f * x).to(Y.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _bwd(A, X, DY, DA, DX, n, SILU: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
-    a = tl.load(A + offs, mask=m, other=0.0).to(tl.float32)
-    x = tl.load(X + offs, mask=m, other=0.0).to(tl.float32)
-    dy = tl.load(DY + offs, mask=m, other=0.0).to(tl.float32)
+def _bwd(A, X, DY, DA, DX, D, sa, sx, SILU: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < D
+    a = tl.load(A + row * sa + cols, mask=m, other=0.0).to(tl.float32)
+    x = tl.load(X + row * sx + cols, mask=m, other=0.0).to(tl.float32)
+    dy = tl.load(DY + row * D + cols, mask=m, other=0.0).to(tl.float32)
     s = sigmoid(a)
     if SILU:
         f = a * s
@@ -41,31 +44,47 @@ def _bwd(A, X, DY, DA, DX, n, SILU: tl.constexpr, BLOCK: tl.constexpr):
     else:
         f = s
         df = s * (1.0 - s)
-    tl.store(DA + offs, (dy * x * df).to(DA.dtype.element_ty), mask=m)
-    tl.store(DX + offs, (dy * f).to(DX.dtype.element_ty), mask=m)
+    tl.store(DA + row * D + cols, (dy * x * df).to(DA.dtype.element_ty), mask=m)
+    tl.store(DX + row * D + cols, (dy * f).to(DX.dtype.element_ty), mask=m)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t as [rows, D] with unit column stride: a view when the layout allows (no copy), else a copy."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _grid(N: int, D: int) -> tuple[tuple[int, int], int]:
+    block = min(MAX_BLOCK, triton.next_power_of_2(D))
+    return (N, triton.cdiv(D, block)), block
 
 
 class _GateMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, x, silu):
-        a, x = a.contiguous(), x.contiguous()
-        y = torch.empty_like(x, dtype=torch.promote_types(a.dtype, x.dtype))
-        n = y.numel()
-        if n:
-            _fwd[(triton.cdiv(n, BLOCK),)](a, x, y, n, SILU=silu, BLOCK=BLOCK, num_warps=8)
-        ctx.save_for_backward(a, x)
-        ctx.silu = silu
-        return y
+        shape, D = x.shape, x.shape[-1]
+        a2, x2 = _rows(a), _rows(x)
+        N = x2.shape[0]
+        y = torch.empty(N, D, device=x.device, dtype=torch.promote_types(a.dtype, x.dtype))
+        grid, block = _grid(N, D)
+        if y.numel():
+            _fwd[grid](a2, x2, y, D, a2.stride(0), x2.stride(0), SILU=silu, BLOCK=block, num_warps=4)
+        ctx.save_for_backward(a2, x2)
+        ctx.meta = (silu, shape)
+        return y.view(shape)
 
     @staticmethod
     def backward(ctx, dy):
-        a, x = ctx.saved_tensors
-        dy = dy.contiguous()
-        da, dx = torch.empty_like(a), torch.empty_like(x)
-        n = a.numel()
-        if n:
-            _bwd[(triton.cdiv(n, BLOCK),)](a, x, dy, da, dx, n, SILU=ctx.silu, BLOCK=BLOCK, num_warps=8)
-        return da, dx, None
+        a2, x2 = ctx.saved_tensors
+        silu, shape = ctx.meta
+        N, D = x2.shape
+        dy = dy.reshape(N, D).contiguous()
+        da = torch.empty(N, D, device=a2.device, dtype=a2.dtype)
+        dx = torch.empty(N, D, device=x2.device, dtype=x2.dtype)
+        grid, block = _grid(N, D)
+        if dy.numel():
+            _bwd[grid](a2, x2, dy, da, dx, D, a2.stride(0), x2.stride(0), SILU=silu, BLOCK=block, num_warps=4)
+        return da.view(shape), dx.view(shape), None
 
 
 def gate_mul_triton(a: torch.Tensor, x: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:

@@ -18,18 +18,22 @@ from rodimus.ops.triton._common import INTERPRET, sigmoid
 
 
 @triton.jit
-def _fwd(O, X, G, W, S, Y, RSTD, D, eps, HAS_SKIP: tl.constexpr, HAS_GATE: tl.constexpr, BD: tl.constexpr):
+def _fwd(
+    O, X, G, W, S, Y, RSTD, D, so, sx, sg, eps,
+    HAS_SKIP: tl.constexpr, HAS_GATE: tl.constexpr, BD: tl.constexpr,
+):
+    # so, sx, sg: row strides of o, x, gate (gate is usually a column slice of a wider projection)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BD)
     msk = cols < D
     off = row * D + cols
-    m = tl.load(O + off, mask=msk, other=0.0).to(tl.float32)
+    m = tl.load(O + row * so + cols, mask=msk, other=0.0).to(tl.float32)
     if HAS_SKIP:
-        x = tl.load(X + off, mask=msk, other=0.0).to(tl.float32)
+        x = tl.load(X + row * sx + cols, mask=msk, other=0.0).to(tl.float32)
         m += x * tl.load(S + cols, mask=msk, other=0.0).to(tl.float32)
     z = m
     if HAS_GATE:
-        g = tl.load(G + off, mask=msk, other=0.0).to(tl.float32)
+        g = tl.load(G + row * sg + cols, mask=msk, other=0.0).to(tl.float32)
         z = m * g * sigmoid(g)
     rstd = 1.0 / tl.sqrt(tl.sum(z * z, axis=0) / D + eps)
     w = tl.load(W + cols, mask=msk, other=0.0).to(tl.float32)
@@ -39,7 +43,7 @@ def _fwd(O, X, G, W, S, Y, RSTD, D, eps, HAS_SKIP: tl.constexpr, HAS_GATE: tl.co
 
 @triton.jit
 def _bwd(
-    O, X, G, W, S, RSTD, DY, DO, DX, DG, DWP, DSP, N, D, ROWS,
+    O, X, G, W, S, RSTD, DY, DO, DX, DG, DWP, DSP, N, D, so, sx, sg, ROWS,
     HAS_SKIP: tl.constexpr, HAS_GATE: tl.constexpr, BD: tl.constexpr,
 ):
     # one program walks ROWS consecutive rows and keeps its weight/skip gradient partial sums in registers
@@ -55,16 +59,16 @@ def _bwd(
     for i in range(0, ROWS):
         row = r0 + i
         if row < N:
-            off = row * D + cols
-            m = tl.load(O + off, mask=msk, other=0.0).to(tl.float32)
+            off = row * D + cols  # dy and the gradients are contiguous
+            m = tl.load(O + row * so + cols, mask=msk, other=0.0).to(tl.float32)
             if HAS_SKIP:
-                x = tl.load(X + off, mask=msk, other=0.0).to(tl.float32)
+                x = tl.load(X + row * sx + cols, mask=msk, other=0.0).to(tl.float32)
                 m += x * s
             a = tl.full([BD], 1.0, dtype=tl.float32)
             if HAS_GATE:
-                g = tl.load(G + off, mask=msk, other=0.0).to(tl.float32)
-                sg = sigmoid(g)
-                a = g * sg
+                g = tl.load(G + row * sg + cols, mask=msk, other=0.0).to(tl.float32)
+                sgm = sigmoid(g)
+                a = g * sgm
             rstd = tl.load(RSTD + row)
             zhat = m * a * rstd
             dy = tl.load(DY + off, mask=msk, other=0.0).to(tl.float32)
@@ -73,7 +77,7 @@ def _bwd(
             dz = rstd * (dzhat - zhat * (tl.sum(dzhat * zhat, axis=0) / D))
             dm = dz * a
             if HAS_GATE:
-                tl.store(DG + off, (dz * m * sg * (1.0 + g * (1.0 - sg))).to(DG.dtype.element_ty), mask=msk)
+                tl.store(DG + off, (dz * m * sgm * (1.0 + g * (1.0 - sgm))).to(DG.dtype.element_ty), mask=msk)
             tl.store(DO + off, dm.to(DO.dtype.element_ty), mask=msk)
             if HAS_SKIP:
                 tl.store(DX + off, (dm * s).to(DX.dtype.element_ty), mask=msk)
@@ -93,17 +97,17 @@ class _GatedNorm(torch.autograd.Function):
     def forward(ctx, o, gate, weight, eps, skip_x, skip_weight):
         shape, D = o.shape, o.shape[-1]
         has_skip, has_gate = skip_x is not None, gate is not None
-        o2 = o.reshape(-1, D).contiguous()
-        g2 = gate.reshape(-1, D).contiguous() if has_gate else o2
-        x2 = skip_x.reshape(-1, D).contiguous() if has_skip else o2
+        o2 = _rows(o)
+        g2 = _rows(gate) if has_gate else o2
+        x2 = _rows(skip_x) if has_skip else o2
         s = skip_weight.contiguous() if has_skip else weight
         N = o2.shape[0]
-        y = torch.empty_like(o2)
+        y = torch.empty(N, D, device=o.device, dtype=o.dtype)
         rstd = torch.empty(N, device=o.device, dtype=torch.float32)
         BD, warps = _launch_cfg(D)
         if N:
             _fwd[(N,)](
-                o2, x2, g2, weight, s, y, rstd, D, eps,
+                o2, x2, g2, weight, s, y, rstd, D, o2.stride(0), x2.stride(0), g2.stride(0), eps,
                 HAS_SKIP=has_skip, HAS_GATE=has_gate, BD=BD, num_warps=warps,
             )
         ctx.save_for_backward(o2, x2, g2, weight, s, rstd)
@@ -116,9 +120,9 @@ class _GatedNorm(torch.autograd.Function):
         shape, has_skip, has_gate = ctx.meta
         N, D = o2.shape
         dy = dy.reshape(N, D).contiguous()
-        do = torch.empty_like(o2)
-        dg = torch.empty_like(g2) if has_gate else do
-        dx = torch.empty_like(x2) if has_skip else do
+        do = torch.empty(N, D, device=o2.device, dtype=o2.dtype)
+        dg = torch.empty(N, D, device=o2.device, dtype=g2.dtype) if has_gate else do
+        dx = torch.empty(N, D, device=o2.device, dtype=x2.dtype) if has_skip else do
         n_prog = max(1, min(N, 4 * _sm_count(o2.device)))
         rows = -(-N // n_prog) if N else 1
         n_prog = -(-N // rows) if N else 1
@@ -127,13 +131,20 @@ class _GatedNorm(torch.autograd.Function):
         BD, warps = _launch_cfg(D)
         if N:
             _bwd[(n_prog,)](
-                o2, x2, g2, weight, s, rstd, dy, do, dx, dg, dwp, dsp, N, D, rows,
+                o2, x2, g2, weight, s, rstd, dy, do, dx, dg, dwp, dsp, N, D,
+                o2.stride(0), x2.stride(0), g2.stride(0), rows,
                 HAS_SKIP=has_skip, HAS_GATE=has_gate, BD=BD, num_warps=warps,
             )
         dw = dwp.sum(0).to(weight.dtype)
         ds = dsp.sum(0).to(s.dtype) if has_skip else None
         dg = dg.view(shape) if has_gate else None
         return do.view(shape), dg, dw, None, dx.view(shape) if has_skip else None, ds
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t as [rows, D] with unit column stride: a view when the layout allows (no copy), else a copy."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
 def _sm_count(device: torch.device) -> int:
