@@ -87,5 +87,12 @@ def sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
 
 
+def rows_view(t: torch.Tensor) -> torch.Tensor:
+    """t as [rows, last dim] with unit column stride: a view when the layout allows (column slices of a
+    wider projection need no copy; the kernels take the row stride), else a contiguous copy."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
 def next_pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))

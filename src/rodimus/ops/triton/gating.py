@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from rodimus.ops.gating import check_gate_inputs, gate_mul
+from rodimus.ops.triton._common import rows_view as _rows
 from rodimus.ops.triton._common import sigmoid
 
 MAX_BLOCK = 2048
@@ -46,12 +47,6 @@ def _bwd(A, X, DY, DA, DX, D, sa, sx, SILU: tl.constexpr, BLOCK: tl.constexpr):
         df = s * (1.0 - s)
     tl.store(DA + row * D + cols, (dy * x * df).to(DA.dtype.element_ty), mask=m)
     tl.store(DX + row * D + cols, (dy * f).to(DX.dtype.element_ty), mask=m)
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """t as [rows, D] with unit column stride: a view when the layout allows (no copy), else a copy."""
-    t2 = t.reshape(-1, t.shape[-1])
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
 def _grid(N: int, D: int) -> tuple[tuple[int, int], int]:

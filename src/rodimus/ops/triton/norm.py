@@ -15,6 +15,7 @@ import triton.language as tl
 
 from rodimus.ops.norm import check_gated_norm_inputs, gated_rms_norm
 from rodimus.ops.triton._common import INTERPRET, sigmoid
+from rodimus.ops.triton._common import rows_view as _rows
 
 
 @triton.jit
@@ -139,12 +140,6 @@ class _GatedNorm(torch.autograd.Function):
         ds = dsp.sum(0).to(s.dtype) if has_skip else None
         dg = dg.view(shape) if has_gate else None
         return do.view(shape), dg, dw, None, dx.view(shape) if has_skip else None, ds
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """t as [rows, D] with unit column stride: a view when the layout allows (no copy), else a copy."""
-    t2 = t.reshape(-1, t.shape[-1])
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
 def _sm_count(device: torch.device) -> int:
