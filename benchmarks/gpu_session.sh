@@ -20,6 +20,7 @@ step gpu_tests 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/mode
   tests/models/test_static_decode.py
 step check_model 150 python3 benchmarks/check_gpu_model.py --fixtures "$FIX"
 step sweep 200 python3 benchmarks/bench_kernels.py --quick --only sweep --budget 180 --json "$OUT/sweep.json"
+step loss 120 python3 benchmarks/bench_loss.py --rows 16384 --d-model 1024 --vocab 32000 --device cuda
 step kernels 330 python3 benchmarks/bench_kernels.py --budget 300 --json "$OUT/bench_kernels.json"
 step train 210 python3 benchmarks/bench_train.py --steps 10 --warmup 3 --json "$OUT/bench_train.json"
 step train8k 150 python3 benchmarks/bench_train.py --steps 4 --warmup 2 --seq-len 8192 --micro-batch 2 \

@@ -65,3 +65,33 @@ def test_autocast_merged_projection_matches_float32():
         assert a.shape == b.shape
         assert_close(name, a.float(), b, rel=2e-2)
     assert got[2].dtype == got[3].dtype == torch.float32
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_skip_logits_loss_equals_logits_loss(packed):
+    """skip_logits=True: the same loss and gradients as the logits path, with every loss keyword."""
+    import torch
+
+    from tests.helpers import assert_close
+
+    model = harness.build(harness.tiny_config("rodimus")).train()
+    ids = harness.rand_ids(model.config, 1 if packed else 2, 23)
+    kw = dict(cu_seqlens=torch.tensor([0, 7, 8, 23])) if packed else {}
+    labels = ids.clone()
+    labels[0, 3] = -100
+    shift = torch.randint(-1, model.config.vocab_size, ids.shape, generator=torch.Generator().manual_seed(5))
+    shift[shift < 0] = -100
+    for extra in ({}, {"num_items_in_batch": 9}, {"shift_labels": shift}):
+        outs = []
+        for skip in (False, True):
+            model.zero_grad(set_to_none=True)
+            out = model(ids, labels=labels, skip_logits=skip, **kw, **extra)
+            out.loss.backward()
+            outs.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+        (ref, g_ref), (got, g_got) = outs
+        assert got.logits is None
+        torch.testing.assert_close(got.loss, ref.loss, rtol=1e-5, atol=0)
+        for name in g_ref:
+            assert_close(name, g_got[name], g_ref[name], rel=1e-5)
+    with pytest.raises(ValueError, match="skip_logits"):
+        model(ids, skip_logits=True)

@@ -134,3 +134,31 @@ def test_packed_loss_equals_documents_run_alone(block_type):
                 n_alone += 1
     assert n_packed == n_alone == 2 * (T - 1)
     assert float(packed) == pytest.approx(float(alone), rel=1e-5)
+
+
+@pytest.mark.parametrize("block_type", ["rodimus", "rodimus_plus"])
+def test_fused_loss_equals_logits_loss(dataset_dir, tmp_path, block_type):
+    """The trainer's chunked loss (no [B, T, vocab] logits) gives the same loss and gradients."""
+    from tests.helpers import assert_close
+
+    model = dict(block_type=block_type, d_model=32, n_layer=2, mixer_cfg=dict(mem_size=8))
+    if block_type == "rodimus_plus":
+        model["attn_cfg"] = dict(num_heads=2, window_size=16)
+    fields = tiny_fields(dataset_dir, model=model, micro_batch=2)
+    results = []
+    for fused in (True, False):
+        cfg = build_config(None, None, {**fields, "fused_loss": fused, "out": str(tmp_path / f"run{fused}")})
+        trainer = Trainer(cfg, progress=False)
+        assert trainer.fused_loss is fused
+        (batch,) = trainer.loader.next_step()
+        assert "cu_seqlens" in batch  # packed documents: the targets at document starts matter
+        loss_sum, count = trainer._forward_loss(batch)
+        (loss_sum / count).backward()
+        grads = {n: p.grad.clone() for n, p in trainer.base.named_parameters() if p.grad is not None}
+        results.append((loss_sum.detach(), count, grads))
+    (l1, c1, g1), (l2, c2, g2) = results
+    assert c1 == c2
+    assert float(l1) == pytest.approx(float(l2), rel=1e-5)
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        assert_close(name, g1[name], g2[name], rel=1e-5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -15,6 +16,7 @@ from rodimus.layers.block import RodimusBlock
 from rodimus.layers.mixer import RodimusInnerMixer, ShortConvolution
 from rodimus.layers.norm import RMSNorm
 from rodimus.models.configuration_rodimus import RodimusConfig
+from rodimus.ops.cross_entropy import linear_cross_entropy_chunked
 
 
 class RodimusPreTrainedModel(PreTrainedModel):
@@ -231,23 +233,62 @@ class RodimusForCausalLM(RodimusPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
+        skip_logits: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits are float32 [B, T, vocab]; ``labels`` give the mean next-token cross-entropy (-100 ignored)."""
+        """Logits are float32 [B, T, vocab]; ``labels`` give the mean next-token cross-entropy (-100 ignored).
+
+        ``skip_logits=True`` (training with labels) computes the same loss chunk by chunk without forming the
+        [B, T, vocab] logits (:func:`rodimus.ops.cross_entropy.linear_cross_entropy_chunked`) and returns
+        ``logits=None``. ``num_items_in_batch`` and ``shift_labels`` act as in transformers' causal-LM loss.
+        """
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
             cache=cache if cache is not None else past_key_values, use_cache=use_cache,
             output_hidden_states=output_hidden_states, cu_seqlens=cu_seqlens, position_ids=position_ids,
         )
         h = out.last_hidden_state
+        if skip_logits:
+            if labels is None and kwargs.get("shift_labels") is None:
+                raise ValueError("skip_logits=True needs labels (or shift_labels): it only computes the loss")
+            loss = self._chunked_loss(h, labels, cu_seqlens, **kwargs)
+            return CausalLMOutputWithPast(loss=loss, logits=None, cache=out.cache, hidden_states=out.hidden_states)
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(h[:, keep]).float()
         loss = None
         if labels is not None:
-            if labels.shape != h.shape[:2]:
-                raise ValueError(f"labels must be [B, T] = {tuple(h.shape[:2])}, got {tuple(labels.shape)}")
-            if cu_seqlens is not None:  # a document's first token is not a target of the previous one
-                labels = labels.clone()
-                labels[0, cu_seqlens[1:-1].long()] = -100
+            labels = self._mask_boundaries(labels, h, cu_seqlens)
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states)
+
+    @staticmethod
+    def _mask_boundaries(labels: torch.Tensor, h: torch.Tensor, cu_seqlens: torch.Tensor | None) -> torch.Tensor:
+        if labels.shape != h.shape[:2]:
+            raise ValueError(f"labels must be [B, T] = {tuple(h.shape[:2])}, got {tuple(labels.shape)}")
+        if cu_seqlens is not None:  # a document's first token is not a target of the previous one
+            labels = labels.clone()
+            labels[0, cu_seqlens[1:-1].long()] = -100
+        return labels
+
+    def _chunked_loss(
+        self,
+        h: torch.Tensor,
+        labels: torch.Tensor | None,
+        cu_seqlens: torch.Tensor | None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        ignore_index: int = -100,
+        shift_labels: torch.Tensor | None = None,
+        **_,
+    ) -> torch.Tensor:
+        """transformers' ForCausalLMLoss semantics, through the chunked linear cross-entropy."""
+        if shift_labels is None:
+            labels = self._mask_boundaries(labels, h, cu_seqlens)
+            shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+        elif shift_labels.shape != h.shape[:2]:
+            raise ValueError(f"shift_labels must be [B, T] = {tuple(h.shape[:2])}, got {tuple(shift_labels.shape)}")
+        targets = shift_labels.reshape(-1).to(h.device)
+        w = self.lm_head.weight
+        total = linear_cross_entropy_chunked(h.reshape(-1, h.shape[-1]), w, targets, ignore_index=ignore_index)
+        if num_items_in_batch is None:
+            return total / (targets != ignore_index).sum().clamp_min(1)
+        return total / num_items_in_batch

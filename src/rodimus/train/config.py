@@ -94,6 +94,7 @@ class TrainConfig:
     log_every: int = 1  # write a metrics.jsonl row every N steps
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
     activation_checkpointing: bool = False  # recompute blocks in backward to save memory
+    fused_loss: bool = True  # models that accept skip_logits: loss in row chunks, no [B, T, vocab] logits
     parallel: str = "auto"  # auto (DDP when distributed) | ddp | fsdp | none
     compile: bool = False  # torch.compile the model
     sample_tokens: int = 48  # tokens generated at the end (0 = skip)

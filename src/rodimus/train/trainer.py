@@ -121,7 +121,9 @@ class Trainer:
         base = model if model is not None else build_model(cfg, self.meta, dev)
         base.to(dev)
         self.base = base
-        self.takes_cu_seqlens = "cu_seqlens" in inspect.signature(base.forward).parameters
+        params = inspect.signature(base.forward).parameters
+        self.takes_cu_seqlens = "cu_seqlens" in params
+        self.fused_loss = cfg.fused_loss and "skip_logits" in params
         if cfg.activation_checkpointing:
             # transformers >= 5 renamed gradient_checkpointing_enable; accept both spellings
             enable = getattr(base, "activation_checkpointing_enable", None)
@@ -167,10 +169,17 @@ class Trainer:
         kw = {"input_ids": batch["input_ids"].to(dev, non_blocking=True), "use_cache": False}
         if "cu_seqlens" in batch:
             kw["cu_seqlens"] = batch["cu_seqlens"].to(dev, non_blocking=True)
+        labels = batch["labels"]
+        count = int((labels[:, 1:] != -100).sum())  # counted on the CPU copy: no device sync
+        if self.fused_loss:  # same targets as lm_loss_sum, passed pre-shifted so the model adds no masking
+            shift = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+            kw.update(skip_logits=True, shift_labels=shift.to(dev, non_blocking=True), num_items_in_batch=1)
+            with self._autocast():
+                return self.model(**kw).loss, count
         with self._autocast():
             logits = self.model(**kw).logits
-        loss, _ = lm_loss_sum(logits, batch["labels"].to(dev, non_blocking=True), count=False)
-        return loss, int((batch["labels"][:, 1:] != -100).sum())  # counted on the CPU copy: no device sync
+        loss, _ = lm_loss_sum(logits, labels.to(dev, non_blocking=True), count=False)
+        return loss, count
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
         """Forward/backward over the micro-batches, clip, AdamW step. Returns (mean loss, grad norm)."""
