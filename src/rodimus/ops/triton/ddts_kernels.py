@@ -65,6 +65,14 @@ def _chunk_of(pid, chunk_seq, chunk_idx, cu, C: tl.constexpr):
 
 
 @triton.jit
+def _stored_chunk(pid, chunk_seq, chunk_idx, cu, coff, C: tl.constexpr):
+    """(sequence or -1, global chunk index into the per-chunk state buffers, rows, row mask)."""
+    seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
+    rows = t0 + tl.arange(0, C)
+    return seq, tl.load(coff + tl.maximum(seq, 0)) + c, rows, rows < eos
+
+
+@triton.jit
 def _prep(
     q,
     k,
@@ -238,12 +246,9 @@ def _fwd_chunk(
     pid = tl.program_id(0)
     h = tl.program_id(1)
     iv = tl.program_id(2)
-    seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
+    seq, ch, rows, rm = _stored_chunk(pid, chunk_seq, chunk_idx, cu, coff, C)
     if seq >= 0:
-        ch = tl.load(coff + seq) + c
         rl = tl.arange(0, C)
-        rows = t0 + rl
-        rm = rows < eos
         kk = tl.arange(0, BK)
         km = kk < K
         vv = iv * BV + tl.arange(0, BV)
@@ -394,12 +399,9 @@ def _bwd_chunk(
     pid = tl.program_id(0)
     h = tl.program_id(1)
     sl = tl.program_id(2)
-    seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
+    seq, ch, rows, rm = _stored_chunk(pid, chunk_seq, chunk_idx, cu, coff, C)
     if seq >= 0:
-        ch = tl.load(coff + seq) + c
         rl = tl.arange(0, C)
-        rows = t0 + rl
-        rm = rows < eos
         kk = tl.arange(0, BK)
         km = kk < K
         ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
