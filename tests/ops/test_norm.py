@@ -118,3 +118,30 @@ def test_strided_inputs_need_no_copy():
     (d2,) = torch.autograd.grad(y2.square().sum(), wide2)
     assert_close("y", y1, y2, rel=1e-6)
     assert_close("d wide", d1, d2, rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_norm_then_project_matches_unfused(backend, autocast):
+    """GatedRMSNorm.project (normalised tensor recomputed in backward) == proj(norm(...)), values and grads."""
+    from rodimus.layers.norm import GatedRMSNorm
+
+    torch.manual_seed(0)
+    norm = GatedRMSNorm(24, eps=1e-5, kernel_backend=backend).to(DEV)
+    proj = torch.nn.Linear(24, 10, bias=False).to(DEV)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    o, gate, _, x, d = _inputs((2, 5, 24), torch.float32, True)
+    ctx = torch.autocast(DEV, dtype=torch.bfloat16) if autocast else torch.autocast(DEV, enabled=False)
+    results = []
+    for fused in (True, False):
+        for t in (o, gate, x, d, norm.weight, proj.weight):
+            t.grad = None
+        with ctx:
+            out = norm.project(o, gate, proj, skip_x=x, skip_weight=d) if fused else proj(norm(o, gate, x, d))
+        out.float().square().sum().backward()
+        results.append([out.detach()] + [t.grad.clone() for t in (o, gate, x, d, norm.weight, proj.weight)])
+    tol = 2e-2 if autocast else 1e-5
+    assert results[0][0].dtype == results[1][0].dtype
+    for name, a, b in zip(("out", "do", "dgate", "dx", "dskip", "dnorm_w", "dproj_w"), *results, strict=True):
+        assert_close(name, a.float().cpu(), b.float().cpu(), rel=tol)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rodimus.layers.norm import GatedRMSNorm
 from rodimus.ops.dispatch import get_op, resolve_backend
@@ -75,6 +76,18 @@ class RodimusInnerMixer(nn.Module):
         g_pre, tau_pre = gates.split(n, dim=-1)
         return q, k, g_pre, tau_pre
 
+    def _input_gate(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+        """u = sigmoid(W_b W_a x + b) * x. In training the [rows, d_inner] pre-activation is recomputed in
+        backward (two rank-r GEMMs) rather than kept: x is kept anyway, so u costs no extra activation."""
+        gate_mul = get_op("gate_mul", backend)
+
+        def gate(x):
+            return gate_mul(self.ch_gate_proj(x), x, "sigmoid")
+
+        if torch.is_grad_enabled() and x.requires_grad:
+            return checkpoint(gate, x, use_reentrant=False)
+        return gate(x)
+
     def forward(
         self, x: torch.Tensor, cache=None, cu_seqlens: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +100,7 @@ class RodimusInnerMixer(nn.Module):
         xc, conv_final = self.short_conv(x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens)
         n = self.mem_size
         q, k, g_pre, tau_pre = (t.reshape(B, T, 1, n) for t in self._projections(xc))
-        u = get_op("gate_mul", backend)(self.ch_gate_proj(x), x, "sigmoid")
+        u = self._input_gate(x, backend)
         kwargs = dict(scale=n**-0.5, eps=self.eps, initial_state=rec_state, cu_seqlens=cu_seqlens)
         if backend == "naive":
             op = get_op("ddts", "naive")
@@ -133,5 +146,4 @@ class RodimusMixer(nn.Module):
         if token_mask is not None:
             x = x * token_mask[..., None].to(x.dtype)
         o, xc = self.inner_mixer(x, cache=cache, cu_seqlens=cu_seqlens)
-        y = self.act_norm(o, gate, skip_x=xc, skip_weight=self.inner_mixer.residual_weight)
-        return self.out_proj(y)
+        return self.act_norm.project(o, gate, self.out_proj, skip_x=xc, skip_weight=self.inner_mixer.residual_weight)

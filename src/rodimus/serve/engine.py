@@ -274,13 +274,14 @@ class Engine:
             if not r.finished and (r.cancelled or (r.deadline and now > r.deadline)):
                 self._finish(r, "cancelled" if r.cancelled else "timeout")
 
-        joined = self._prefill_some()
         keep = [i for i, r in enumerate(self._active) if not r.finished]
+        if len(keep) < len(self._active) and self.config.snapshot_on_finish and self._batch is not None:
+            # before any prefill: a follow-up turn that arrived meanwhile must find this state
+            for i, r in enumerate(self._active):
+                if r.finished and r.finish_reason_ok and len(r.output) > 1:
+                    self._snapshot(r.prompt + r.output[:-1], self.backend.row_state(self._batch, i), None)
+        joined = self._prefill_some()
         if keep != list(range(len(self._active))) or joined:
-            if self.config.snapshot_on_finish and self._batch is not None:
-                for i, r in enumerate(self._active):
-                    if r.finished and r.finish_reason_ok and len(r.output) > 1:
-                        self._snapshot(r.prompt + r.output[:-1], self.backend.row_state(self._batch, i), None)
             self._batch = self.backend.merge(self._batch, keep, [r.state for r in joined])
             self._active = [self._active[i] for i in keep] + joined
             for r in joined:
