@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rodimus.layers.recompute import project_recomputed
 from rodimus.ops.dispatch import get_op, resolve_backend
 
 
@@ -25,4 +26,4 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, g = self.fc(x).split(self.hidden, dim=-1)
         gate_mul = get_op("gate_mul", resolve_backend(self.kernel_backend, x.device.type))
-        return self.out_proj(gate_mul(g, a, "silu"))
+        return project_recomputed(lambda g, a: gate_mul(g, a, "silu"), self.out_proj, g, a)
