@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # One H200 session: every GPU measurement the docs report, in one go (see docs/BENCHMARKS.md).
 # Usage (repo root, on the GPU machine): OUT=out_dir bash benchmarks/gpu_session.sh [FIXTURES_DIR]
+# STEPS="gpu_tests sweep ..." runs only the named steps (a device call is limited to 10 minutes, the
+# whole list takes ~28), e.g. three calls: "gpu_tests check_model sweep", "loss kernels",
+# "train train8k context serve".
 # The fla baselines of bench_kernels need fla-core, flash-linear-attention and einops importable
 # (benchmark environment only); without them those rows are skipped.
 set -u
@@ -13,6 +16,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$LOG
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)" | tee -a "$LOG"
 step() {
   name=$1; limit=$2; shift 2
+  case " ${STEPS:-all} " in *" all "*|*" $name "*) ;; *) return 0 ;; esac
   echo "=== $name $* ($(date -u +%FT%TZ))" | tee -a "$LOG"
   timeout "$limit" "$@" 2>&1 | grep -v -i -E "warn|Loading weights|it/s]" | tee -a "$LOG"
 }
