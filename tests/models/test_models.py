@@ -67,14 +67,15 @@ def test_autocast_merged_projection_matches_float32():
     assert got[2].dtype == got[3].dtype == torch.float32
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_skip_logits_loss_equals_logits_loss(packed):
+@pytest.mark.parametrize("packed,tied", [(False, False), (True, False), (False, True)])
+def test_skip_logits_loss_equals_logits_loss(packed, tied):
     """skip_logits=True: the same loss and gradients as the logits path, with every loss keyword."""
     import torch
 
     from tests.helpers import assert_close
 
-    model = harness.build(harness.tiny_config("rodimus")).train()
+    model = harness.build(harness.tiny_config("rodimus", tie_word_embeddings=tied)).train()
+    assert (model.lm_head.weight is model.model.embeddings.weight) == tied
     ids = harness.rand_ids(model.config, 1 if packed else 2, 23)
     kw = dict(cu_seqlens=torch.tensor([0, 7, 8, 23])) if packed else {}
     labels = ids.clone()
