@@ -55,6 +55,19 @@ def _load_rows(ptr, rows, cols, rmask, cmask, stride):
 
 
 @triton.jit
+def _load_gates(q, k, gp, tp, rows, cols, rmask, cmask, stride, scale, eps):
+    """Rows of raw q, k, g_pre, tau_pre -> :func:`_gates` of them, then scale * q (all float32)."""
+    loga, kb, kh, beta, g, tau, rn = _gates(
+        _load_rows(gp, rows, cols, rmask, cmask, stride),
+        _load_rows(tp, rows, cols, rmask, cmask, stride),
+        _load_rows(k, rows, cols, rmask, cmask, stride),
+        eps,
+        rmask[:, None] & cmask[None, :],
+    )
+    return loga, kb, kh, beta, g, tau, rn, _load_rows(q, rows, cols, rmask, cmask, stride) * scale
+
+
+@triton.jit
 def _chunk_of(pid, chunk_seq, chunk_idx, cu, C: tl.constexpr):
     seq = tl.load(chunk_seq + pid)
     c = tl.load(chunk_idx + pid)
@@ -104,14 +117,9 @@ def _prep(
         cmask = cols < K
         valid = rmask[:, None] & cmask[None, :]
         off = h * K
-        loga, kb, _, _, _, _, _ = _gates(
-            _load_rows(gp + off, rows, cols, rmask, cmask, H * K),
-            _load_rows(tp + off, rows, cols, rmask, cmask, H * K),
-            _load_rows(k + off, rows, cols, rmask, cmask, H * K),
-            eps,
-            valid,
+        loga, kb, _, _, _, _, _, qs = _load_gates(
+            q + off, k + off, gp + off, tp + off, rows, cols, rmask, cmask, H * K, scale, eps
         )
-        qs = _load_rows(q + off, rows, cols, rmask, cmask, H * K) * scale
         b = tl.cumsum(loga, axis=0)
         b_last = tl.sum(loga, axis=0)
         ptr = rows[:, None] * (H * K) + off + cols[None, :]
@@ -123,15 +131,9 @@ def _prep(
         for i in tl.static_range(C // SUB):
             rows_i = t0 + i * SUB + sl
             rm_i = rows_i < eos
-            v_i = rm_i[:, None] & cmask[None, :]
-            loga_i, kb_i, _, _, _, _, _ = _gates(
-                _load_rows(gp + off, rows_i, cols, rm_i, cmask, H * K),
-                _load_rows(tp + off, rows_i, cols, rm_i, cmask, H * K),
-                _load_rows(k + off, rows_i, cols, rm_i, cmask, H * K),
-                eps,
-                v_i,
+            loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(
+                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, H * K, scale, eps
             )
-            qs_i = _load_rows(q + off, rows_i, cols, rm_i, cmask, H * K) * scale
             prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
             b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
             a_ptr = A + rows_i[:, None] * (H * C) + h * C
@@ -475,16 +477,10 @@ def _bwd_intra(
         rmask = rows < eos
         cols = tl.arange(0, BK)
         cmask = cols < K
-        valid = rmask[:, None] & cmask[None, :]
         off = h * K
-        loga, kb, _, _, _, _, _ = _gates(
-            _load_rows(gp + off, rows, cols, rmask, cmask, H * K),
-            _load_rows(tp + off, rows, cols, rmask, cmask, H * K),
-            _load_rows(k + off, rows, cols, rmask, cmask, H * K),
-            eps,
-            valid,
+        loga, kb, _, _, _, _, _, qs = _load_gates(
+            q + off, k + off, gp + off, tp + off, rows, cols, rmask, cmask, H * K, scale, eps
         )
-        qs = _load_rows(q + off, rows, cols, rmask, cmask, H * K) * scale
         b = tl.cumsum(loga, axis=0)
         b_last = tl.sum(loga, axis=0)
         sl = tl.arange(0, SUB)
@@ -492,12 +488,9 @@ def _bwd_intra(
             rows_i = t0 + i * SUB + sl
             rm_i = rows_i < eos
             v_i = rm_i[:, None] & cmask[None, :]
-            gp_i = _load_rows(gp + off, rows_i, cols, rm_i, cmask, H * K)
-            tp_i = _load_rows(tp + off, rows_i, cols, rm_i, cmask, H * K)
-            loga_i, kb_i, kh_i, beta_i, g_i, tau_i, rn_i = _gates(
-                gp_i, tp_i, _load_rows(k + off, rows_i, cols, rm_i, cmask, H * K), eps, v_i
+            loga_i, kb_i, kh_i, beta_i, g_i, tau_i, rn_i, qs_i = _load_gates(
+                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, H * K, scale, eps
             )
-            qs_i = _load_rows(q + off, rows_i, cols, rm_i, cmask, H * K) * scale
             prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
             b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
             r_i = prefix + tl.sum(loga_i, axis=0)  # b at this sub-chunk's last row
