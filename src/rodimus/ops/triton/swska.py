@@ -21,6 +21,15 @@ def _blocks(T: int, block_size: int | None) -> tuple[int, int]:
     return bm, 64
 
 
+def _consts(q, v, BM: int, BN: int, km, dstart) -> dict:
+    """The compile-time arguments every SW-SKA kernel takes."""
+    H, D, DV = q.shape[2], q.shape[3], v.shape[-1]
+    return dict(
+        H=H, D=D, DV=DV, BD=next_pow2(D), BDV=next_pow2(DV), BM=BM, BN=BN,
+        HAS_KM=km is not None, HAS_DOC=dstart is not None, LOWP=q.dtype in _LOWP,
+    )  # fmt: skip
+
+
 def _meta(q, k, v, key_mask, cu_seqlens):
     B, T, H, D = q.shape
     S = k.shape[1]
@@ -53,16 +62,7 @@ class _SWSKAFunction(torch.autograd.Function):
             S,
             window,
             scale,
-            H=H,
-            D=D,
-            DV=DV,
-            BD=next_pow2(D),
-            BDV=next_pow2(DV),
-            BM=BM,
-            BN=BN,
-            HAS_KM=km is not None,
-            HAS_DOC=dstart is not None,
-            LOWP=q.dtype in _LOWP,
+            **_consts(q, v, BM, BN, km, dstart),
             num_warps=4,
             num_stages=2,
         )
@@ -75,23 +75,12 @@ class _SWSKAFunction(torch.autograd.Function):
         q, k, v, o, lse, km, dstart = ctx.saved_tensors
         window, scale, block_size = ctx.meta
         B, T, H, D = q.shape
-        S, DV = k.shape[1], v.shape[-1]
+        S = k.shape[1]
         BM, BN = _blocks(T, block_size)
         do = do.contiguous()
         delta = (o.float() * do.float()).sum(-1).permute(0, 2, 1).contiguous()  # [B, H, T]
         dummy = lse
-        common = dict(
-            H=H,
-            D=D,
-            DV=DV,
-            BD=next_pow2(D),
-            BDV=next_pow2(DV),
-            BM=BM,
-            BN=BN,
-            HAS_KM=km is not None,
-            HAS_DOC=dstart is not None,
-            LOWP=q.dtype in _LOWP,
-        )
+        common = _consts(q, v, BM, BN, km, dstart)
         kmp = km if km is not None else dummy
         dsp = dstart if dstart is not None else dummy
         dq = torch.empty_like(q)

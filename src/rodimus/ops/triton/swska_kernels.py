@@ -29,6 +29,29 @@ def _row_bounds(t, T, S, window, dstart, HAS_DOC: tl.constexpr):
 
 
 @triton.jit
+def _head_rows(ptr, b, rows, h, n, H: tl.constexpr, cols, width: tl.constexpr):
+    """ptr[b, rows, h, cols] of a [B, n, H, width] tensor, zero outside it."""
+    return tl.load(
+        ptr + ((b * n + rows[:, None]) * H + h) * width + cols[None, :],
+        mask=(rows < n)[:, None] & (cols < width)[None, :],
+        other=0.0,
+    )
+
+
+@triton.jit
+def _key_range(tm, lo, S, T, pid_m, BM: tl.constexpr, BN: tl.constexpr):
+    """[start, end) of the key blocks a query block's band reaches (start aligned to BN)."""
+    k_lo = tl.min(tl.where(tm, lo, S), axis=0)
+    return (k_lo // BN) * BN, tl.minimum(S - T + pid_m * BM + BM, S)
+
+
+@triton.jit
+def _kv_tile(k, v, b, h, s, d, dv, S, H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr):
+    """The shared key rows s [BN, BD] and head h's value rows [BN, BDV] (zero past S)."""
+    return _head_rows(k, b, s, 0, S, 1, d, D), _head_rows(v, b, s, h, S, H, dv, DV)
+
+
+@triton.jit
 def _scores(q_t, k_t, s, p, lo, S, b, km, scale, HAS_KM: tl.constexpr, LOWP: tl.constexpr):
     sc = mm(q_t, tl.trans(k_t), LOWP) * scale
     vis = (s[None, :] >= lo[:, None]) & (s[None, :] <= p[:, None]) & (s < S)[None, :]
@@ -70,25 +93,14 @@ def _fwd(
     p, lo = _row_bounds(t, T, S, window, dstart, HAS_DOC)
     d = tl.arange(0, BD)
     dv = tl.arange(0, BDV)
-    q_t = tl.load(
-        q + ((b * T + t[:, None]) * H + h) * D + d[None, :], mask=tm[:, None] & (d < D)[None, :], other=0.0
-    )
+    q_t = _head_rows(q, b, t, h, T, H, d, D)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, BDV], tl.float32)
-    k_lo = tl.min(tl.where(tm, lo, S), axis=0)
-    k_hi = tl.minimum(S - T + pid_m * BM + BM, S)
-    for s0 in range((k_lo // BN) * BN, k_hi, BN):
+    k_lo, k_hi = _key_range(tm, lo, S, T, pid_m, BM, BN)
+    for s0 in range(k_lo, k_hi, BN):
         s = s0 + tl.arange(0, BN)
-        sm = s < S
-        k_t = tl.load(
-            k + (b * S + s[:, None]) * D + d[None, :], mask=sm[:, None] & (d < D)[None, :], other=0.0
-        )
-        v_t = tl.load(
-            v + ((b * S + s[:, None]) * H + h) * DV + dv[None, :],
-            mask=sm[:, None] & (dv < DV)[None, :],
-            other=0.0,
-        )
+        k_t, v_t = _kv_tile(k, v, b, h, s, d, dv, S, H, D, DV)
         sc = _scores(q_t, k_t, s, p, lo, S, b, km, scale, HAS_KM, LOWP)
         m_new = tl.maximum(m_i, tl.max(sc, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -144,28 +156,15 @@ def _bwd_dq(
     dv = tl.arange(0, BDV)
     qmask = tm[:, None] & (d < D)[None, :]
     q_ptr = ((b * T + t[:, None]) * H + h) * D + d[None, :]
-    q_t = tl.load(q + q_ptr, mask=qmask, other=0.0)
-    do_t = tl.load(
-        do + ((b * T + t[:, None]) * H + h) * DV + dv[None, :],
-        mask=tm[:, None] & (dv < DV)[None, :],
-        other=0.0,
-    )
+    q_t = _head_rows(q, b, t, h, T, H, d, D)
+    do_t = _head_rows(do, b, t, h, T, H, dv, DV)
     lse_t = tl.load(lse + (b * H + h) * T + t, mask=tm, other=0.0)
     dl_t = tl.load(delta + (b * H + h) * T + t, mask=tm, other=0.0)
     acc = tl.zeros([BM, BD], tl.float32)
-    k_lo = tl.min(tl.where(tm, lo, S), axis=0)
-    k_hi = tl.minimum(S - T + pid_m * BM + BM, S)
-    for s0 in range((k_lo // BN) * BN, k_hi, BN):
+    k_lo, k_hi = _key_range(tm, lo, S, T, pid_m, BM, BN)
+    for s0 in range(k_lo, k_hi, BN):
         s = s0 + tl.arange(0, BN)
-        sm = s < S
-        k_t = tl.load(
-            k + (b * S + s[:, None]) * D + d[None, :], mask=sm[:, None] & (d < D)[None, :], other=0.0
-        )
-        v_t = tl.load(
-            v + ((b * S + s[:, None]) * H + h) * DV + dv[None, :],
-            mask=sm[:, None] & (dv < DV)[None, :],
-            other=0.0,
-        )
+        k_t, v_t = _kv_tile(k, v, b, h, s, d, dv, S, H, D, DV)
         pr = tl.exp(_scores(q_t, k_t, s, p, lo, S, b, km, scale, HAS_KM, LOWP) - lse_t[:, None])
         ds = pr * (mm(do_t, tl.trans(v_t), LOWP) - dl_t[:, None])
         acc += mm(ds, k_t, LOWP)
@@ -208,7 +207,7 @@ def _bwd_dkdv(
     d = tl.arange(0, BD)
     dv = tl.arange(0, BDV)
     kmask = sm[:, None] & (d < D)[None, :]
-    k_t = tl.load(k + (b * S + s[:, None]) * D + d[None, :], mask=kmask, other=0.0)
+    k_t = _head_rows(k, b, s, 0, S, 1, d, D)
     dk = tl.zeros([BN, BD], tl.float32)
     # queries that can see this key block: positions s0 .. s0 + BN - 1 + window
     t_lo = tl.maximum(pid_n * BN - (S - T), 0)
@@ -217,22 +216,14 @@ def _bwd_dkdv(
     for hh in range(0, HPG):
         h = grp * HPG + hh
         if h < H:
-            v_t = tl.load(v + ((b * S + s[:, None]) * H + h) * DV + dv[None, :], mask=vmask, other=0.0)
+            v_t = _head_rows(v, b, s, h, S, H, dv, DV)
             dv_acc = tl.zeros([BN, BDV], tl.float32)
             for t0 in range((t_lo // BM) * BM, t_hi, BM):
                 t = t0 + tl.arange(0, BM)
                 tm = t < T
                 p, lo = _row_bounds(t, T, S, window, dstart, HAS_DOC)
-                q_t = tl.load(
-                    q + ((b * T + t[:, None]) * H + h) * D + d[None, :],
-                    mask=tm[:, None] & (d < D)[None, :],
-                    other=0.0,
-                )
-                do_t = tl.load(
-                    do + ((b * T + t[:, None]) * H + h) * DV + dv[None, :],
-                    mask=tm[:, None] & (dv < DV)[None, :],
-                    other=0.0,
-                )
+                q_t = _head_rows(q, b, t, h, T, H, d, D)
+                do_t = _head_rows(do, b, t, h, T, H, dv, DV)
                 lse_t = tl.load(lse + (b * H + h) * T + t, mask=tm, other=0.0)
                 dl_t = tl.load(delta + (b * H + h) * T + t, mask=tm, other=0.0)
                 sc = _scores(q_t, k_t, s, p, lo, S, b, km, scale, HAS_KM, LOWP)
