@@ -63,6 +63,14 @@ def _cat_rows(old: torch.Tensor | None, keep: torch.Tensor | None, new: list[tor
     return torch.cat(parts + new, dim=0) if len(parts) + len(new) > 1 else (parts + new)[0].contiguous()
 
 
+def _padded_kv(old, keep_t: torch.Tensor | None, new: list[tuple], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of the kept rows of cache layer ``old`` then of ``new`` (key, value) pairs, left-padded
+    to ``width`` positions and stacked by row."""
+    pairs = [(old.keys.index_select(0, keep_t), old.values.index_select(0, keep_t))] if keep_t is not None else []
+    pairs += new
+    return tuple(torch.cat([_left_pad(t, width) for t in ts], 0) for ts in zip(*pairs, strict=True))
+
+
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     """Pad dim -2 (sequence) on the left with zeros up to ``width``."""
     missing = width - t.shape[-2]
@@ -94,6 +102,16 @@ class _Backend:
 
     def _prefill_kwargs(self, past: int, n: int) -> dict:
         return {}
+
+    def _merge_plan(
+        self, batch: Batch | None, keep: list[int], new: list[RowState]
+    ) -> tuple[torch.Tensor | None, list[int]] | None:
+        """None when the merge is empty, else (index of the kept rows or None, lengths of the merged rows)."""
+        kept = batch is not None and len(keep) > 0
+        if not kept and not new:
+            return None
+        keep_t = torch.tensor(keep, dtype=torch.long, device=self.device) if kept else None
+        return keep_t, ([batch.lengths[i] for i in keep] if kept else []) + [s.length for s in new]
 
     def batch_nbytes(self, batch: Batch) -> int:
         """Bytes of state the batch holds for its requests."""
@@ -159,11 +177,11 @@ class RecurrentBackend(_Backend):
     # ---- batch management ----------------------------------------------------------------------
     def merge(self, batch: Batch | None, keep: list[int], new: list[RowState]) -> Batch | None:
         """Rows ``keep`` of ``batch`` (in order) followed by the ``new`` states, as one batch."""
-        kept = batch is not None and len(keep) > 0
-        if not kept and not new:
+        plan = self._merge_plan(batch, keep, new)
+        if plan is None:
             return None
-        keep_t = torch.tensor(keep, dtype=torch.long, device=self.device) if kept else None
-        lengths = ([batch.lengths[i] for i in keep] if kept else []) + [s.length for s in new]
+        keep_t, lengths = plan
+        kept = keep_t is not None
         n_layers = len(self.model.model.layers)
         olds = [batch.cache.layers[li] if kept else None for li in range(n_layers)]
         convs = [
@@ -188,14 +206,11 @@ class RecurrentBackend(_Backend):
         ]
         layers = []
         for li, old in enumerate(olds):
-            ks, vs = [], []
-            if kept:
-                ks.append(_left_pad(old.keys.index_select(0, keep_t), width))
-                vs.append(_left_pad(old.values.index_select(0, keep_t), width))
-            for s, off in zip(new, offsets[len(offsets) - len(new) :], strict=True):
-                ks.append(_left_pad(self._rotate(li, s.layers[li][2], off), width))
-                vs.append(_left_pad(s.layers[li][3], width))
-            layers.append((convs[li], recs[li], torch.cat(ks, 0), torch.cat(vs, 0)))
+            fresh = [
+                (self._rotate(li, s.layers[li][2], off), s.layers[li][3])
+                for s, off in zip(new, offsets[len(offsets) - len(new) :], strict=True)
+            ]
+            layers.append((convs[li], recs[li], *_padded_kv(old, keep_t, fresh, width)))
         if clock > self.window_keep + REBASE_AFTER:  # keep RoPE angles small: move every row back in time
             shift = clock - self.window_keep
             layers = [(c, r, self._rotate(li, k, -shift), v) for li, (c, r, k, v) in enumerate(layers)]
@@ -264,22 +279,16 @@ class KVBackend(_Backend):
         return RowState([(layer.keys, layer.values) for layer in cache.layers], length)
 
     def merge(self, batch: Batch | None, keep: list[int], new: list[RowState]) -> Batch | None:
-        kept = batch is not None and len(keep) > 0
-        if not kept and not new:
+        plan = self._merge_plan(batch, keep, new)
+        if plan is None:
             return None
-        keep_t = torch.tensor(keep, dtype=torch.long, device=self.device) if kept else None
-        lengths = ([batch.lengths[i] for i in keep] if kept else []) + [s.length for s in new]
+        keep_t, lengths = plan
+        kept = keep_t is not None
         width = max(lengths)
         layers = []
         for li in range(len(self._new_cache().layers) if not kept else len(batch.cache.layers)):
-            ks, vs = [], []
-            if kept:
-                old = batch.cache.layers[li]
-                ks.append(_left_pad(old.keys.index_select(0, keep_t), width))
-                vs.append(_left_pad(old.values.index_select(0, keep_t), width))
-            ks += [_left_pad(s.layers[li][0], width) for s in new]
-            vs += [_left_pad(s.layers[li][1], width) for s in new]
-            layers.append((torch.cat(ks, 0), torch.cat(vs, 0)))
+            old = batch.cache.layers[li] if kept else None
+            layers.append(_padded_kv(old, keep_t, [s.layers[li][:2] for s in new], width))
         return Batch(self._install(self._new_cache(), layers), lengths)
 
     @torch.inference_mode()
