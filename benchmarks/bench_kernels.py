@@ -123,28 +123,26 @@ def bench_ddts(B, T, bw, tflops, deadline):
     bytes_f = n * (4 * K + 2 * V) * 2
     C = 64
     flops_f = 2 * n * (2 * K * V + C * V + C * K)
-    floor = max(bytes_f / bw / 1e9, flops_f / tflops / 1e9)
-    if "triton" in times:
-        print(
-            f"roofline ddts fwd {shape}: {bytes_f / 2**20:.0f} MiB, {flops_f / 1e9:.1f} GFLOP"
-            f" -> floor {floor:.3f} ms;"
-            f" measured {times['triton'][0]:.3f} ms = {times['triton'][0] / floor:.2f}x floor"
-        )
-        RESULTS.append(
-            dict(
-                group="roofline",
-                name="ddts_fwd",
-                shape=shape,
-                floor_ms=round(floor, 4),
-                measured_ms=round(times["triton"][0], 4),
-            )
-        )
-        for base in ("torch_chunk", "fla_chunk_gla"):
-            if base in times:
-                print(
-                    f"ratio {base}/triton {shape}: fwd {times[base][0] / times['triton'][0]:.2f}x,"
-                    f" fwd+bwd {times[base][1] / times['triton'][1]:.2f}x"
-                )
+    roofline_and_ratios("ddts_fwd", shape, bytes_f, flops_f, bw, tflops, times, ("torch_chunk", "fla_chunk_gla"))
+
+
+def roofline_and_ratios(name, shape, nbytes, flops, bw, tflops, times, baselines):
+    """Print (and record) the Triton forward against its floor, then each baseline's time ratio."""
+    if "triton" not in times:
+        return
+    floor = max(nbytes / bw / 1e9, flops / tflops / 1e9)
+    ours = times["triton"]
+    print(
+        f"roofline {name} {shape}: {nbytes / 2**20:.0f} MiB, {flops / 1e9:.1f} GFLOP -> floor {floor:.3f} ms;"
+        f" measured {ours[0]:.3f} ms = {ours[0] / floor:.2f}x floor"
+    )
+    RESULTS.append(
+        dict(group="roofline", name=name, shape=shape, floor_ms=round(floor, 4), measured_ms=round(ours[0], 4))
+    )
+    for base in baselines:
+        if base in times:
+            fwd, fwd_bwd = times[base][0] / ours[0], times[base][1] / ours[1]
+            print(f"ratio {base}/triton {shape}: fwd {fwd:.2f}x, fwd+bwd {fwd_bwd:.2f}x")
 
 
 def bench_forms(group, shape, forms, inputs):
@@ -341,19 +339,7 @@ def bench_swska(B, T, window, bw, tflops, flex, deadline, H=16, D=128):
         record("swska", name, shape, t_f, fwd_bwd_ms=round(t_fb, 4))
     flops = 4 * B * T * H * D * (window + 1) * 0.5 + 4 * B * T * H * D * min(window + 1, T) * 0.5
     bytes_f = (2 * B * T * H * D + B * T * D + B * T * H * D) * 2
-    floor = max(bytes_f / bw / 1e9, flops / tflops / 1e9)
-    if "triton" in times:
-        print(
-            f"roofline swska fwd {shape}: {bytes_f / 2**20:.0f} MiB, {flops / 1e9:.1f} GFLOP"
-            f" -> floor {floor:.3f} ms;"
-            f" measured {times['triton'][0]:.3f} ms = {times['triton'][0] / floor:.2f}x floor"
-        )
-        for base in ("sdpa_repeat_k", "flex_repeat_k"):
-            if base in times:
-                print(
-                    f"ratio {base}/triton {shape}: fwd {times[base][0] / times['triton'][0]:.2f}x,"
-                    f" fwd+bwd {times[base][1] / times['triton'][1]:.2f}x"
-                )
+    roofline_and_ratios("swska_fwd", shape, bytes_f, flops, bw, tflops, times, ("sdpa_repeat_k", "flex_repeat_k"))
 
 
 def bench_decode(bw):
