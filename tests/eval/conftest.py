@@ -31,39 +31,33 @@ def _save(model: torch.nn.Module, folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_rodimus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _tiny_rodimus(folder: Path, block_type: str, **extra) -> Path:
     from rodimus import RodimusConfig, RodimusForCausalLM
 
     torch.manual_seed(0)
     cfg = RodimusConfig(
-        block_type="rodimus",
+        block_type=block_type,
         d_model=32,
         n_layer=2,
         vocab_size=VOCAB,
         mixer_cfg=dict(mem_size=8),
         bos_token_id=256,
         eos_token_id=256,
+        **extra,
     )
-    return _save(RodimusForCausalLM(cfg), tmp_path_factory.mktemp("tiny_rodimus"))
+    return _save(RodimusForCausalLM(cfg), folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_rodimus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_rodimus(tmp_path_factory.mktemp("tiny_rodimus"), "rodimus")
 
 
 @pytest.fixture(scope="session")
 def tiny_rodimus_plus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from rodimus import RodimusConfig, RodimusForCausalLM
-
-    torch.manual_seed(0)
-    cfg = RodimusConfig(
-        block_type="rodimus_plus",
-        d_model=32,
-        n_layer=2,
-        vocab_size=VOCAB,
-        mixer_cfg=dict(mem_size=8),
-        attn_cfg=dict(num_heads=2, window_size=32),
-        bos_token_id=256,
-        eos_token_id=256,
+    return _tiny_rodimus(
+        tmp_path_factory.mktemp("tiny_rodimus_plus"), "rodimus_plus", attn_cfg=dict(num_heads=2, window_size=32)
     )
-    return _save(RodimusForCausalLM(cfg), tmp_path_factory.mktemp("tiny_rodimus_plus"))
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,11 @@ N = 30  # total steps
 K = 6  # kill once a checkpoint at or after this step exists
 
 
+def _train(out: Path, fields: dict) -> dict:
+    """`rodimus train` in process, into `out`, with the tiny fields (the preset is implied by them)."""
+    return main(values=dict(out=str(out)), overrides={k: v for k, v in fields.items() if k != "preset"}, progress=False)
+
+
 def test_sigkill_then_resume_matches_uninterrupted(dataset_dir, tmp_path):
     cfg = write_config(
         tmp_path / "cfg.json",
@@ -82,11 +87,7 @@ def test_sigkill_then_resume_matches_uninterrupted(dataset_dir, tmp_path):
 def test_corrupt_checkpoint_names_the_file(dataset_dir, tmp_path):
     out = tmp_path / "run"
     fields = tiny_fields(dataset_dir, max_steps=4, ckpt_every=2, eval_every=4)
-    main(
-        values=dict(out=str(out)),
-        overrides={k: v for k, v in fields.items() if k != "preset"},
-        progress=False,
-    )
+    _train(out, fields)
     ckpt = latest_checkpoint(out / "checkpoints")
     assert ckpt.name == "step_00000004" and (out / "checkpoints" / "step_00000002").is_dir()
     load_checkpoint(ckpt)  # intact
@@ -98,11 +99,7 @@ def test_corrupt_checkpoint_names_the_file(dataset_dir, tmp_path):
         load_checkpoint(ckpt)
     fields["max_steps"] = 6
     with pytest.raises(CheckpointError, match="truncated") as e:
-        main(
-            values=dict(out=str(out)),
-            overrides={k: v for k, v in fields.items() if k != "preset"},
-            progress=False,
-        )
+        _train(out, fields)
     assert str(model_file) in str(e.value)
 
     model_file.write_bytes(data[:-8] + b"\x00" * 8)  # same size, flipped bytes
@@ -117,22 +114,14 @@ def test_corrupt_checkpoint_names_the_file(dataset_dir, tmp_path):
 def test_interrupted_write_leaves_previous_checkpoint(dataset_dir, tmp_path):
     out = tmp_path / "run"
     fields = tiny_fields(dataset_dir, max_steps=2, ckpt_every=2, eval_every=2)
-    main(
-        values=dict(out=str(out)),
-        overrides={k: v for k, v in fields.items() if k != "preset"},
-        progress=False,
-    )
+    _train(out, fields)
     # what a kill in the middle of writing step 4 leaves behind: a temp folder with a partial file
     partial = out / "checkpoints" / ".tmp-step_00000004-999"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"\x00" * 100)
     assert latest_checkpoint(out / "checkpoints").name == "step_00000002"
     fields["max_steps"] = 4
-    res = main(
-        values=dict(out=str(out)),
-        overrides={k: v for k, v in fields.items() if k != "preset"},
-        progress=False,
-    )
+    res = _train(out, fields)
     assert res["step"] == 4 and not partial.exists()
     assert latest_checkpoint(out / "checkpoints").name == "step_00000004"
 
@@ -140,16 +129,8 @@ def test_interrupted_write_leaves_previous_checkpoint(dataset_dir, tmp_path):
 def test_resume_refuses_changed_settings(dataset_dir, tmp_path):
     out = tmp_path / "run"
     fields = tiny_fields(dataset_dir, max_steps=2, ckpt_every=2, eval_every=2)
-    main(
-        values=dict(out=str(out)),
-        overrides={k: v for k, v in fields.items() if k != "preset"},
-        progress=False,
-    )
+    _train(out, fields)
     fields["lr"] = 1e-2
     with pytest.raises(ValueError, match="different lr"):
-        main(
-            values=dict(out=str(out)),
-            overrides={k: v for k, v in fields.items() if k != "preset"},
-            progress=False,
-        )
+        _train(out, fields)
     assert Path(out / "final").is_dir()
