@@ -191,6 +191,8 @@ def bench_fused(B, T, D=4096):
 
 def sweep_ddts(B, T, deadline, K=64, V=4096):
     """Time the DDTS walks under a handful of launch settings (rodimus.ops.triton.ddts.LAUNCH)."""
+    from triton.runtime.errors import OutOfResources
+
     from rodimus.ops.triton import ddts as tri
 
     shape = f"B{B} T{T} H1 K{K} V{V} bf16"
@@ -205,19 +207,26 @@ def sweep_ddts(B, T, deadline, K=64, V=4096):
             break
         tri.LAUNCH["fwd"] = cfg
         with torch.no_grad():
-            record("sweep_fwd", str(cfg), shape, bench(lambda: tri.ddts_triton(*xs, chunk_size=64), 5, 30))
+            try:
+                record("sweep_fwd", str(cfg), shape, bench(lambda: tri.ddts_triton(*xs, chunk_size=64), 5, 30))
+            except OutOfResources as e:
+                print(f"skip {cfg}: {e}")
     tri.LAUNCH["fwd"] = keep["fwd"]
     bwd_cfgs = [dict(BV=bv, num_warps=w, num_stages=1) for bv in (64, 128) for w in (4, 8)]
     bwd_cfgs += [  # the chunk-parallel backward
         dict(BV=bv, num_warps=4, num_stages=1, split=True, BV_chunk=bc, slices=ns)
-        for bv, bc, ns in ((64, 64, 4), (128, 64, 4), (128, 128, 4), (128, 64, 8), (64, 32, 8))
+        for bv, bc, ns in ((64, 64, 4), (64, 64, 8), (64, 64, 16), (64, 32, 8), (64, 32, 16), (128, 64, 8))
     ]
+    bwd_cfgs += [dict(bwd_cfgs[-5], chunk_warps=8), dict(bwd_cfgs[-4], chunk_warps=8)]  # 8-warp _bwd_chunk
     for cfg in bwd_cfgs:
         if time.time() > deadline:
             break
         tri.LAUNCH["bwd_state"] = cfg
         fn = fwd_bwd(lambda *a: tri.ddts_triton(*a, chunk_size=64), xs)
-        record("sweep_fwd_bwd", str(cfg), shape, bench(fn, 3, 20))
+        try:
+            record("sweep_fwd_bwd", str(cfg), shape, bench(fn, 3, 20))
+        except OutOfResources as e:  # too large a tile for this card's shared memory
+            print(f"skip {cfg}: {e}")
     tri.LAUNCH.update(keep)
 
 
@@ -398,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--fla-configs", type=int, default=4, help="autotune configs kept per fla kernel")
     ap.add_argument("--only", default="fused,layer,ddts,swska,decode", help="comma list of groups (also: sweep)")
+    ap.add_argument("--sweep-v", type=int, nargs="+", default=[4096, 2048], help="value widths the sweep times")
     ap.add_argument("--json", default=None, help="write all rows to this file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -414,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     for B, T in shapes if "fused" in only else ():
         bench_fused(B, T)
     for B, T in shapes if "sweep" in only else ():
-        for V in (4096, 2048):  # d_inner of the 1.3B-class and the 350M-class models
+        for V in args.sweep_v:  # 4096, 2048: d_inner of the 1.3B-class and the 350M-class models
             sweep_ddts(B, T, deadline, V=V)
     for B, T in shapes if "layer" in only else ():
         bench_layer(B, T, deadline)

@@ -18,6 +18,7 @@ Run (one H200):  python benchmarks/bench_train.py --json bench_train.json
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -98,6 +99,7 @@ def run_one(kind: str, args, data_dir: Path) -> dict:
     cfg.seq_len, cfg.micro_batch, cfg.grad_accum = args.seq_len, args.micro_batch, 1
     cfg.max_steps, cfg.eval_windows, cfg.compile = 10**6, args.micro_batch, args.compile
     cfg.activation_checkpointing = args.activation_checkpointing
+    cfg.cuda_graphs = args.cuda_graphs and torch.cuda.is_available()
     if args.smoke:  # CPU check of the script itself: same code, toy sizes
         cfg.model.update(d_model=64, n_layer=2, mixer_cfg=dict(mem_size=16))
         if "attn_cfg" in cfg.model:
@@ -131,8 +133,12 @@ def run_one(kind: str, args, data_dir: Path) -> dict:
         "mfu": round(tps * fpt / args.peak_tflops / 1e12, 4),
         "final_loss": round(losses[-1], 4),
         "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
+        # a captured graph's activations live in its private pool, which allocated-bytes peaks miss
+        "peak_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2) if device.type == "cuda" else None,
+        "cuda_graphs": cfg.cuda_graphs,
     }
     del trainer
+    gc.collect()  # the trainer and its captured graphs reference each other: free them (and their pool) now
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator dense bf16 peak, TFLOP/s")
     p.add_argument("--compile", action="store_true", help="torch.compile each model")
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay forward+backward as CUDA graphs (trainer option)")
     p.add_argument("--profile", type=int, default=0, help="after timing, profile this many steps by kernel")
     p.add_argument("--smoke", action="store_true", help="toy sizes, to check the script on a CPU")
     p.add_argument("--json", default=None, help="also write the rows here")

@@ -21,14 +21,18 @@ step() {
   timeout "$limit" "$@" 2>&1 | grep -v -i -E "warn|Loading weights|it/s]" | tee -a "$LOG"
 }
 step gpu_tests 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/models/test_triton_model.py \
-  tests/models/test_static_decode.py
+  tests/models/test_static_decode.py tests/train/test_cuda_graphs.py
 step check_model 150 python3 benchmarks/check_gpu_model.py --fixtures "$FIX"
 step sweep 200 python3 benchmarks/bench_kernels.py --quick --only sweep --budget 180 --json "$OUT/sweep.json"
 step loss 120 python3 benchmarks/bench_loss.py --rows 16384 --d-model 1024 --vocab 32000 --device cuda
 step kernels 330 python3 benchmarks/bench_kernels.py --budget 300 --json "$OUT/bench_kernels.json"
-step train 210 python3 benchmarks/bench_train.py --steps 10 --warmup 3 --json "$OUT/bench_train.json"
-step train8k 150 python3 benchmarks/bench_train.py --steps 4 --warmup 2 --seq-len 8192 --micro-batch 2 \
-  --json "$OUT/bench_train_8k.json"
+step train 150 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus,rodimus_plus --steps 10 --warmup 3 \
+  --json "$OUT/bench_train.json"
+step train 60 python3 benchmarks/bench_train.py --models llama --steps 10 --warmup 3 --json "$OUT/bench_train_llama.json"
+step train8k 120 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus,rodimus_plus --steps 4 --warmup 2 \
+  --seq-len 8192 --micro-batch 2 --json "$OUT/bench_train_8k.json"
+step train8k 60 python3 benchmarks/bench_train.py --models llama --steps 4 --warmup 2 --seq-len 8192 --micro-batch 2 \
+  --json "$OUT/bench_train_8k_llama.json"
 step context 110 python3 benchmarks/bench_context.py --d-model 2048 --n-layer 12 --vocab 32000 \
   --contexts 1024,4096,16384,65536 --decode-tokens 32 --device cuda --dtype bfloat16 --out /tmp/context
 step serve 100 python3 benchmarks/bench_serve.py --device cuda --dtype bfloat16 --d-model 1024 --n-layer 16 \

@@ -80,7 +80,7 @@ def test_split_walks(B, T, H, K, V, dtype, init, cu, chunk, slices, monkeypatch)
     """The chunk-parallel forms (LAUNCH[...]["split"]) meet the same tolerances, forward and gradients."""
     from rodimus.ops.triton import ddts as tri
 
-    cfg = dict(tri.LAUNCH["bwd_state"], split=True, BV_chunk=16, slices=slices)
+    cfg = dict(tri.LAUNCH["bwd_state"], split=True, split_min_v=0, BV_chunk=16, slices=slices)
     monkeypatch.setitem(tri.LAUNCH, "bwd_state", cfg)
     monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32))
     test_forward_and_every_gradient(B, T, H, K, V, dtype, init, cu, chunk)

@@ -85,7 +85,7 @@ class RodimusInnerMixer(nn.Module):
             return gate_mul(self.ch_gate_proj(x), x, "sigmoid")
 
         if torch.is_grad_enabled() and x.requires_grad:
-            return checkpoint(gate, x, use_reentrant=False)
+            return checkpoint(gate, x, use_reentrant=False, preserve_rng_state=False)  # no randomness in it
         return gate(x)
 
     def forward(

@@ -17,6 +17,7 @@ from rodimus.layers.mixer import RodimusInnerMixer, ShortConvolution
 from rodimus.layers.norm import RMSNorm
 from rodimus.models.configuration_rodimus import RodimusConfig
 from rodimus.ops.cross_entropy import linear_cross_entropy_chunked
+from rodimus.ops.packing import capturing, check_cu_seqlens
 
 
 class RodimusPreTrainedModel(PreTrainedModel):
@@ -160,6 +161,8 @@ class RodimusModel(RodimusPreTrainedModel):
                              f"{getattr(input_ids, 'dtype', type(input_ids))}")
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be [B, T] with T >= 1, got shape {tuple(input_ids.shape)}")
+        if capturing():  # a captured CUDA graph cannot read values; the trainer's batches are checked data
+            return self.embeddings(input_ids)
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
@@ -175,6 +178,7 @@ class RodimusModel(RodimusPreTrainedModel):
                 raise ValueError(f"cu_seqlens needs a packed batch of one row, got batch size {B}")
             if attention_mask is not None:
                 raise ValueError("pass either cu_seqlens (packing) or attention_mask (padding), not both")
+            check_cu_seqlens(cu_seqlens, T)  # once here; every layer's op then finds it checked
         if attention_mask is None:
             return None
         width_ok = attention_mask.shape[-1] in (T, past + T) if past is not None else attention_mask.shape[-1] >= T
@@ -266,8 +270,10 @@ class RodimusForCausalLM(RodimusPreTrainedModel, GenerationMixin):
         if labels.shape != h.shape[:2]:
             raise ValueError(f"labels must be [B, T] = {tuple(h.shape[:2])}, got {tuple(labels.shape)}")
         if cu_seqlens is not None:  # a document's first token is not a target of the previous one
-            labels = labels.clone()
-            labels[0, cu_seqlens[1:-1].long()] = -100
+            T = labels.shape[1]  # empty trailing documents (pad_cu_seqlens) start at T: a spare slot takes them
+            starts = torch.zeros(T + 1, dtype=torch.bool, device=labels.device)
+            starts[cu_seqlens[1:-1].long()] = True
+            labels = labels.masked_fill(starts[None, :T], -100)
         return labels
 
     def _chunked_loss(

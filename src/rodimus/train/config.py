@@ -97,6 +97,8 @@ class TrainConfig:
     fused_loss: bool = True  # models that accept skip_logits: loss in row chunks, no [B, T, vocab] logits
     parallel: str = "auto"  # auto (DDP when distributed) | ddp | fsdp | none
     compile: bool = False  # torch.compile the model
+    cuda_graphs: bool = False  # replay each micro-batch's forward+backward as CUDA graphs (one GPU)
+    cuda_graph_max_docs: int = 64  # packed documents per micro-batch the graphs hold (more run eagerly)
     sample_tokens: int = 48  # tokens generated at the end (0 = skip)
     sample_prompt: str = "def "  # prompt of that sample
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
@@ -116,6 +118,7 @@ class TrainConfig:
             "ckpt_every",
             "keep_checkpoints",
             "log_every",
+            "cuda_graph_max_docs",
         ):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "an int >= 1")
@@ -145,6 +148,8 @@ RESUMABLE_OVERRIDES = frozenset(
         "sample_prompt",
         "num_threads",
         "compile",
+        "cuda_graphs",
+        "cuda_graph_max_docs",
     }
 )
 

@@ -22,6 +22,7 @@ from rodimus.data.prepare import PrepareConfig, default_cache_dir, ensure_prepar
 from rodimus.train import distributed as D
 from rodimus.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rodimus.train.config import TrainConfig, to_dict
+from rodimus.train.cuda_graphs import GraphedLoss
 from rodimus.train.optim import build_optimizer
 from rodimus.train.report import MetricsLog, plot_losses, rng_restore, rng_snapshot
 
@@ -135,6 +136,14 @@ class Trainer:
         self.model = D.parallelize(base, self.mode, self.info, self.bf16)
         if cfg.compile:
             self.model = torch.compile(self.model)
+        self.graphs: GraphedLoss | None = None
+        if cfg.cuda_graphs:
+            if dev.type != "cuda" or self.mode != "none" or cfg.compile:
+                raise ValueError(
+                    "train config: cuda_graphs needs a single CUDA device (no DDP/FSDP) and compile off, got "
+                    f"device {dev.type}, parallel mode {self.mode}, compile {cfg.compile}"
+                )
+            self.graphs = GraphedLoss(base, self._loss, bf16=self.bf16, max_docs=cfg.cuda_graph_max_docs)
         self.optim, self.sched = build_optimizer(base, cfg)
         self.loader = BatchLoader(
             self.train_ds,
@@ -164,22 +173,36 @@ class Trainer:
             return torch.autocast(self.info.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+        """The model's tensor inputs on the device, and the number of scored tokens."""
         dev = self.info.device
-        kw = {"input_ids": batch["input_ids"].to(dev, non_blocking=True), "use_cache": False}
+        kw = {"input_ids": batch["input_ids"].to(dev, non_blocking=True)}
         if "cu_seqlens" in batch:
             kw["cu_seqlens"] = batch["cu_seqlens"].to(dev, non_blocking=True)
         labels = batch["labels"]
         count = int((labels[:, 1:] != -100).sum())  # counted on the CPU copy: no device sync
         if self.fused_loss:  # same targets as lm_loss_sum, passed pre-shifted so the model adds no masking
-            shift = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-            kw.update(skip_logits=True, shift_labels=shift.to(dev, non_blocking=True), num_items_in_batch=1)
-            with self._autocast():
-                return self.model(**kw).loss, count
+            kw["shift_labels"] = F.pad(labels[:, 1:], (0, 1), value=-100).to(dev, non_blocking=True)
+        else:
+            kw["labels"] = labels.to(dev, non_blocking=True)
+        return kw, count
+
+    def _loss(self, model: nn.Module, kw: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed next-token loss of one micro-batch (the caller picks autocast)."""
+        if self.fused_loss:
+            return model(**kw, use_cache=False, skip_logits=True, num_items_in_batch=1).loss
+        kw = dict(kw)
+        labels = kw.pop("labels")
+        return lm_loss_sum(model(**kw, use_cache=False).logits, labels, count=False)[0]
+
+    def _forward_loss(self, batch: dict[str, torch.Tensor], graphed: bool = False) -> tuple[torch.Tensor, int]:
+        kw, count = self._inputs(batch)
+        if graphed:
+            loss = self.graphs(kw)
+            if loss is not None:
+                return loss, count
         with self._autocast():
-            logits = self.model(**kw).logits
-        loss, _ = lm_loss_sum(logits, labels.to(dev, non_blocking=True), count=False)
-        return loss, count
+            return self._loss(self.model, kw), count
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[float, float]:
         """Forward/backward over the micro-batches, clip, AdamW step. Returns (mean loss, grad norm)."""
@@ -189,7 +212,7 @@ class Trainer:
         for i, mb in enumerate(micro_batches):
             sync_ctx = self.model.no_sync() if self.mode == "ddp" and i < n - 1 else contextlib.nullcontext()
             with sync_ctx:
-                loss_sum, count = self._forward_loss(mb)
+                loss_sum, count = self._forward_loss(mb, graphed=self.graphs is not None)
                 loss = loss_sum / count  # every micro-batch scores the same number of tokens
                 (loss / n).backward()
             total += loss.detach() / n
@@ -199,7 +222,7 @@ class Trainer:
             gnorm = torch.zeros(())
         self.optim.step()
         self.sched.step()
-        self.optim.zero_grad(set_to_none=True)
+        self.optim.zero_grad(set_to_none=self.graphs is None)  # GraphedLoss needs .grad zeroed in place
         if self.info.distributed:
             D.all_reduce_sum(total, self.info)
             total /= self.info.world_size

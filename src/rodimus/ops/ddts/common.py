@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rodimus.ops.packing import check_cu_seqlens
+
 
 def check_ddts_inputs(
     q: torch.Tensor,
@@ -32,11 +34,7 @@ def check_ddts_inputs(
     if cu_seqlens is not None:
         if B != 1:
             raise ValueError(f"with cu_seqlens the batch size must be 1 (packed), got B={B}")
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise ValueError("cu_seqlens must be a 1-D integer tensor [0, ..., T] of length N + 1 >= 2")
-        if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != q.shape[1] or bool((cu_seqlens.diff() < 0).any()):
-            raise ValueError(f"cu_seqlens must rise from 0 to T={q.shape[1]}, got {cu_seqlens.tolist()}")
-        n = cu_seqlens.numel() - 1
+        n = check_cu_seqlens(cu_seqlens, q.shape[1])
         if initial_state is not None:
             raise ValueError("initial_state cannot be combined with cu_seqlens: packed documents start from zeros")
     if initial_state is not None and initial_state.shape != (n, H, K, V):

@@ -16,10 +16,12 @@ _LOWP = (torch.bfloat16, torch.float16)
 # benchmarks/bench_kernels.py --sweep-ddts times alternatives by editing this table.
 LAUNCH = {
     "fwd": dict(BV=128, num_warps=4, num_stages=1),  # H200 sweep 2026-11-29: 0.52 ms vs 0.77 (BV 64, 2 stages)
-    # "split": True: the walk only stores chunk-start states; _fwd_chunk ("BV_chunk" columns) forms o.
-    "bwd_state": dict(BV=64, num_warps=4, num_stages=1),  # fwd+bwd 2.94 ms vs 3.09 (BV 128, 8 warps)
+    # "split": True: the walk only stores chunk-start states; _fwd_chunk ("BV_chunk" columns, "chunk_warps"
+    # warps) forms o.
     # "split": True moves dv and the V sums out of the walk into the chunk-parallel _bwd_chunk (with
-    # "BV_chunk" columns per block and "slices" V slices); tested, not yet timed on a GPU.
+    # "BV_chunk" columns per block and "slices" V slices) for V >= "split_min_v". H200 sweeps, B8 T2048,
+    # fwd+bwd: V 4096 split 2.54 ms vs 2.71 walk-only (BV 64, 4 warps); V 2048 split 2.62 vs 1.91.
+    "bwd_state": dict(BV=64, num_warps=4, num_stages=1, split=True, split_min_v=4096, BV_chunk=64, slices=4),
 }
 
 
@@ -133,7 +135,7 @@ class _DDTSFunction(torch.autograd.Function):
             BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
             kern._fwd_chunk[(seqs[4], H, triton_cdiv(V, BVc))](
                 v, o, qe, A, hbuf, seqs[1], seqs[2], seqs[0], seqs[3], V,
-                H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=v.dtype in _LOWP, num_warps=4,
+                H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=v.dtype in _LOWP, num_warps=cfg.get("chunk_warps", 4),
             )  # fmt: skip
         del hbuf
         ctx.save_for_backward(q, k, v, gp, tp, h0c, cu_seqlens)
@@ -155,7 +157,7 @@ class _DDTSFunction(torch.autograd.Function):
         cfg = LAUNCH["bwd_state"]
         BV = min(cfg["BV"], next_pow2(V))
         NV = triton_cdiv(V, BV)
-        split = bool(cfg.get("split", False))
+        split = bool(cfg.get("split", False)) and cfg.get("split_min_v", 0) <= V
         if split:  # _bwd_chunk: NS slices of NVB blocks of BVc columns; one partial per slice
             BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
             n_blocks = triton_cdiv(V, BVc)
@@ -209,7 +211,7 @@ class _DDTSFunction(torch.autograd.Function):
         if split and n_slots:
             kern._bwd_chunk[(n_slots, H, n_part)](
                 v, do, ke, A, hbuf, dsbuf, dv, dQp, dKp, dAp, chunk_seq, chunk_idx, cu, coff, V, TT, NVB,
-                H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=v.dtype in _LOWP, num_warps=4,
+                H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=v.dtype in _LOWP, num_warps=cfg.get("chunk_warps", 4),
             )  # fmt: skip
         del hbuf, dsbuf
         dq, dk = torch.empty_like(q), torch.empty_like(k)

@@ -1,0 +1,48 @@
+"""cu_seqlens, the packed-documents offsets every op takes: one validity check and fixed-size padding.
+
+The check reads the offsets' values, which on a GPU is a host sync; a model forward checks the same
+tensor once and every layer's op then finds it already checked (one sync per forward instead of one per
+layer). Under CUDA-graph capture no value can be read, so the check is skipped there: the captured
+step replays on batches the trainer built itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+_checked = WeakIdKeyDictionary()  # tensor (by identity) -> (its _version, total) when last found valid
+
+
+def capturing() -> bool:
+    """True while the current CUDA stream is being captured into a graph (no host reads allowed)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> int:
+    """Validate offsets [0, ..., total] (non-decreasing, 1-D integers); return the document count N."""
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise ValueError("cu_seqlens must be a 1-D integer tensor [0, ..., T] of length N + 1 >= 2")
+    n = cu_seqlens.numel() - 1
+    key = (cu_seqlens._version, total)
+    if capturing() or _checked.get(cu_seqlens) == key:
+        return n
+    bad = (cu_seqlens[0] != 0) | (cu_seqlens[-1] != total) | (cu_seqlens.diff() < 0).any()
+    if bool(bad):
+        raise ValueError(f"cu_seqlens must rise from 0 to T={total}, got {cu_seqlens.tolist()}")
+    _checked[cu_seqlens] = key
+    return n
+
+
+def pad_cu_seqlens(cu_seqlens: torch.Tensor, n_docs: int) -> torch.Tensor | None:
+    """[N + 1] offsets -> [n_docs + 1] by appending empty documents at the end; None when N > n_docs.
+
+    Every op skips empty documents, so the padded batch computes exactly what the original does; a fixed
+    length lets a captured CUDA graph replay batches with different document counts.
+    """
+    extra = n_docs + 1 - cu_seqlens.numel()
+    if extra < 0:
+        return None
+    if extra == 0:
+        return cu_seqlens
+    return torch.cat([cu_seqlens, cu_seqlens[-1:].expand(extra)])
