@@ -53,11 +53,9 @@ def test_empty_trailing_documents_change_nothing(block_type, backend, monkeypatc
     monkeypatch.delenv("RODIMUS_KERNELS", raising=False)
     model = build(tiny_config(block_type, d_model=32, mixer_cfg=dict(mem_size=16))).train().to(DEV)
     ids, cu = rand_ids(model.config, 1, 37).to(DEV), torch.tensor([0, 9, 10, 30, 37], device=DEV)
-    padded = pad_cu_seqlens(cu, 9)
-    assert padded.tolist() == [0, 9, 10, 30, 37, 37, 37, 37, 37, 37]
+    padded = pad_cu_seqlens(cu, 9)  # five empty documents at the end
     ref_logits, ref_grads = _run(model, ids, cu, backend)
     logits, grads = _run(model, ids, padded, backend)
     assert_close("logits", logits, ref_logits, rel=1e-5)
     for name, g in grads.items():
         assert_close(f"grad {name}", g, ref_grads[name], rel=1e-5)
-    assert pad_cu_seqlens(cu, 3) is None

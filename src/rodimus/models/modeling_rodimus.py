@@ -17,7 +17,7 @@ from rodimus.layers.mixer import RodimusInnerMixer, ShortConvolution
 from rodimus.layers.norm import RMSNorm
 from rodimus.models.configuration_rodimus import RodimusConfig
 from rodimus.ops.cross_entropy import linear_cross_entropy_chunked
-from rodimus.ops.packing import capturing, check_cu_seqlens
+from rodimus.ops.packing import capturing, check_cu_seqlens, shared_derived
 
 
 class RodimusPreTrainedModel(PreTrainedModel):
@@ -137,10 +137,13 @@ class RodimusModel(RodimusPreTrainedModel):
             raise ValueError(f"position_ids must be [B, T] = {(B, T)}, got {tuple(position_ids.shape)}")
 
         hidden = [] if output_hidden_states else None
-        for layer in self.layers:
-            if hidden is not None:
-                hidden.append(x)
-            x = layer(x, attention_mask=attention_mask, cache=cache, cu_seqlens=cu_seqlens, position_ids=position_ids)
+        with shared_derived():  # the layers' ops derive their document indices from cu_seqlens once
+            for layer in self.layers:
+                if hidden is not None:
+                    hidden.append(x)
+                x = layer(
+                    x, attention_mask=attention_mask, cache=cache, cu_seqlens=cu_seqlens, position_ids=position_ids
+                )
         x = self.norm_f(x).to(self.embeddings.weight.dtype)
         if hidden is not None:
             hidden.append(x)

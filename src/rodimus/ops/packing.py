@@ -1,4 +1,5 @@
-"""cu_seqlens, the packed-documents offsets every op takes: one validity check and fixed-size padding.
+"""cu_seqlens, the packed-documents offsets every op takes: one validity check, index tensors derived
+once per forward, and fixed-size padding.
 
 The check reads the offsets' values, which on a GPU is a host sync; a model forward checks the same
 tensor once and every layer's op then finds it already checked (one sync per forward instead of one per
@@ -7,6 +8,11 @@ step replays on batches the trainer built itself.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import TypeVar
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -32,6 +38,39 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> int:
         raise ValueError(f"cu_seqlens must rise from 0 to T={total}, got {cu_seqlens.tolist()}")
     _checked[cu_seqlens] = key
     return n
+
+
+_T = TypeVar("_T")
+_derived: ContextVar[dict | None] = ContextVar("rodimus_packing_derived", default=None)
+
+
+@contextlib.contextmanager
+def shared_derived() -> Iterator[None]:
+    """Inside, :func:`derived` computes each index tensor once per cu_seqlens tensor (one model forward).
+
+    Its entries live only as long as the block: under CUDA-graph capture they are then computed inside the
+    graph from the captured offsets, never carried in from an earlier eager call.
+    """
+    token = _derived.set({})
+    try:
+        yield
+    finally:
+        _derived.reset(token)
+
+
+def derived(cu_seqlens: torch.Tensor, key: tuple, fn: Callable[[], _T]) -> _T:
+    """``fn()`` (a tensor-valued function of cu_seqlens and ``key``), shared inside :func:`shared_derived`.
+
+    Every layer's ops derive the same per-row document indices from the same offsets; sharing them saves
+    ~25 small kernels per layer.
+    """
+    memo = _derived.get()
+    if memo is None:
+        return fn()
+    k = (id(cu_seqlens), cu_seqlens._version, *key)
+    if k not in memo:
+        memo[k] = (cu_seqlens, fn())  # holds cu_seqlens so its id is not reused within the block
+    return memo[k][1]
 
 
 def pad_cu_seqlens(cu_seqlens: torch.Tensor, n_docs: int) -> torch.Tensor | None:

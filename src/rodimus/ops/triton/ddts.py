@@ -6,6 +6,7 @@ import torch
 
 from rodimus.ops.ddts.chunk import ddts_chunk
 from rodimus.ops.ddts.common import check_ddts_inputs
+from rodimus.ops.packing import derived
 from rodimus.ops.triton import ddts_kernels as kern
 from rodimus.ops.triton._common import next_pow2
 
@@ -42,6 +43,10 @@ def _sequences(cu_seqlens, B, T, C, device):
         if T == 0:
             chunk_seq = torch.full_like(chunk_seq, -1)
         return cu, chunk_seq, chunk_idx, coff, n_slots, B * nch
+    return derived(cu_seqlens, ("ddts", T, C, device), lambda: _packed_sequences(cu_seqlens, T, C, device))
+
+
+def _packed_sequences(cu_seqlens, T, C, device):
     cu = cu_seqlens.to(device=device, dtype=torch.int32)
     n = cu.numel() - 1
     nch = (cu.diff() + C - 1) // C

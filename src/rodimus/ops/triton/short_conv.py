@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from rodimus.ops.ddts.common import seq_index
+from rodimus.ops.packing import derived
 from rodimus.ops.short_conv import _check, short_conv
 from rodimus.ops.triton import short_conv_kernels as kern
 from rodimus.ops.triton._common import next_pow2
@@ -43,17 +44,25 @@ def _bwd_steps(n_tiles: int, n_other: int) -> int:
 
 def _positions(cu_seqlens: torch.Tensor, T: int, device) -> torch.Tensor:
     """int32 [T]: each packed row's position inside its document."""
-    cu = cu_seqlens.to(device)
-    return (torch.arange(T, device=device) - cu[seq_index(cu, T)]).to(torch.int32).contiguous()
+
+    def make():
+        cu = cu_seqlens.to(device)
+        return (torch.arange(T, device=device) - cu[seq_index(cu, T)]).to(torch.int32).contiguous()
+
+    return derived(cu_seqlens, ("conv_pos", T, device), make)
 
 
 def _final_index(cu_seqlens: torch.Tensor, W: int, device):
     """Packed rows [N, W-1] of each document's last W-1 inputs and whether each lies inside the document."""
-    cu = cu_seqlens.to(device).long()
-    j = torch.arange(W - 1, device=device)
-    idx = cu[1:, None] - (W - 1) + j[None, :]
-    valid = j[None, :] >= (W - 1 - cu.diff()[:, None])
-    return idx.clamp_min(0), valid
+
+    def make():
+        cu = cu_seqlens.to(device).long()
+        j = torch.arange(W - 1, device=device)
+        idx = cu[1:, None] - (W - 1) + j[None, :]
+        valid = j[None, :] >= (W - 1 - cu.diff()[:, None])
+        return idx.clamp_min(0), valid
+
+    return derived(cu_seqlens, ("conv_final", W, device), make)
 
 
 def _final_state(x, h0, cu_seqlens, W):

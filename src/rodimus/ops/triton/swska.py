@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rodimus.ops.ddts.common import seq_index
+from rodimus.ops.packing import derived
 from rodimus.ops.swska.blocked import swska_blocked
 from rodimus.ops.swska.common import check_swska_inputs
 from rodimus.ops.triton import swska_kernels as kern
@@ -36,8 +37,12 @@ def _meta(q, k, v, key_mask, cu_seqlens):
     km = key_mask.to(device=q.device, dtype=torch.int8).contiguous() if key_mask is not None else None
     dstart = None
     if cu_seqlens is not None:
-        cu = cu_seqlens.to(q.device)
-        dstart = cu[seq_index(cu, T)].to(torch.int32).contiguous()
+
+        def make():
+            cu = cu_seqlens.to(q.device)
+            return cu[seq_index(cu, T)].to(torch.int32).contiguous()
+
+        dstart = derived(cu_seqlens, ("doc_start", T, q.device), make)
     return B, T, H, D, S, v.shape[-1], km, dstart
 
 
