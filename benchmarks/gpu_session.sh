@@ -2,8 +2,8 @@
 # One H200 session: every GPU measurement the docs report, in one go (see docs/BENCHMARKS.md).
 # Usage (repo root, on the GPU machine): OUT=out_dir bash benchmarks/gpu_session.sh [FIXTURES_DIR]
 # STEPS="gpu_tests sweep ..." runs only the named steps (a device call is limited to 10 minutes, the
-# whole list takes ~28), e.g. three calls: "gpu_tests check_model sweep", "loss kernels",
-# "train train8k context serve".
+# whole list takes ~35), e.g. four calls: "gpu_tests check_model sweep", "loss fused ddts",
+# "swska decode train", "train8k context serve".
 # The fla baselines of bench_kernels need fla-core, flash-linear-attention and einops importable
 # (benchmark environment only); without them those rows are skipped.
 set -u
@@ -25,7 +25,11 @@ step gpu_tests 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/mode
 step check_model 150 python3 benchmarks/check_gpu_model.py --fixtures "$FIX"
 step sweep 200 python3 benchmarks/bench_kernels.py --quick --only sweep --budget 180 --json "$OUT/sweep.json"
 step loss 120 python3 benchmarks/bench_loss.py --rows 16384 --d-model 1024 --vocab 32000 --device cuda
-step kernels 330 python3 benchmarks/bench_kernels.py --budget 300 --json "$OUT/bench_kernels.json"
+step fused 200 python3 benchmarks/bench_kernels.py --only fused,layer --budget 180 --json "$OUT/k_fused_layer.json"
+# fla's chunk_gla autotuning alone took over a minute per shape (even cut to 4 configs): give it room
+step ddts 300 python3 benchmarks/bench_kernels.py --only ddts --budget 280 --json "$OUT/k_ddts.json"
+step swska 240 python3 benchmarks/bench_kernels.py --only swska --flex --budget 220 --json "$OUT/k_swska.json"
+step decode 120 python3 benchmarks/bench_kernels.py --only decode --budget 100 --json "$OUT/k_decode.json"
 step train 150 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus,rodimus_plus --steps 10 --warmup 3 \
   --json "$OUT/bench_train.json"
 step train 60 python3 benchmarks/bench_train.py --models llama --steps 10 --warmup 3 --json "$OUT/bench_train_llama.json"

@@ -21,6 +21,9 @@ def test_cuda_graphs_config_is_checked(dataset_dir, tmp_path):
     cfg = build_config(None, None, tiny_fields(dataset_dir, cuda_graphs=True, out=str(tmp_path / "b")))
     with pytest.raises(ValueError, match="cuda_graphs needs a single CUDA device"):
         Trainer(cfg, progress=False)  # the default DistInfo is the CPU
+    fields = tiny_fields(dataset_dir, cuda_graphs=True, activation_checkpointing=True, out=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="activation_checkpointing cannot be combined"):
+        Trainer(build_config(None, None, fields), progress=False)
 
 
 @cuda_only
