@@ -161,11 +161,12 @@ def bench_forms(group, shape, forms, inputs):
 
 
 def bench_fused(B, T, D=4096):
-    """The mixer's fused elementwise stages (short conv + SiLU, gated norm with skip, input gate) vs torch."""
+    """The fused elementwise stages (short conv + SiLU, gated norm with skip, input gate, RoPE) vs torch."""
     from rodimus.ops.gating import gate_mul
     from rodimus.ops.norm import gated_rms_norm
+    from rodimus.ops.rotary import rotary
     from rodimus.ops.short_conv import short_conv
-    from rodimus.ops.triton import gate_mul_triton, gated_rms_norm_triton, short_conv_triton
+    from rodimus.ops.triton import gate_mul_triton, gated_rms_norm_triton, rotary_triton, short_conv_triton
 
     g = torch.Generator(device="cuda").manual_seed(0)
 
@@ -187,6 +188,10 @@ def bench_fused(B, T, D=4096):
         "torch": lambda o, gt, w, x, d: gated_rms_norm(o, gt, w, 1e-5, skip_x=x, skip_weight=d),
     }, norm_in)
     bench_forms("gate_mul", shape, {"triton": gate_mul_triton, "torch": gate_mul}, (r(B, T, D), r(B, T, D)))
+    H, hd = D // 128, 128  # Rodimus+ queries: heads of 128
+    pos, freq = torch.arange(T, device="cuda"), 1.0 / 10000.0 ** (torch.arange(0, hd, 2, device="cuda") / hd)
+    bench_forms("rotary", f"B{B} T{T} H{H} D{hd} bf16", {
+        "triton": lambda x: rotary_triton(x, pos, freq), "torch": lambda x: rotary(x, pos, freq)}, (r(B, T, H, hd),))
 
 
 def sweep_ddts(B, T, deadline, K=64, V=4096):

@@ -25,7 +25,7 @@ class SlidingWindowSharedKeyAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, num_heads_v * self.head_dim, bias=False)
         self.out_proj = nn.Linear(num_heads * self.head_dim, d_model, bias=False)
         self.out_proj.init_role = "out"
-        self.rotary = RotaryEmbedding(self.head_dim, base=rope_base)
+        self.rotary = RotaryEmbedding(self.head_dim, base=rope_base, kernel_backend=kernel_backend)
 
     def forward(
         self,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rodimus.ops.dispatch import get_op, resolve_backend
+
 
 class RotaryEmbedding(nn.Module):
-    def __init__(self, dim: int, base: float = 10000.0) -> None:
+    def __init__(self, dim: int, base: float = 10000.0, kernel_backend: str = "auto") -> None:
         super().__init__()
         self.dim = dim
         self.base = base
+        self.kernel_backend = kernel_backend
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:
         # Recomputed rather than stored: a buffer would be left uninitialised by meta-device loading.
@@ -18,12 +21,5 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotate x [B, T, heads, dim] at integer positions [T] (or [B, T])."""
-        freqs = positions.float()[..., None] * self.inv_freq(x.device)  # [.., T, dim/2]
-        cos, sin = freqs.cos(), freqs.sin()
-        if cos.dim() == 2:
-            cos, sin = cos[None], sin[None]
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-        xf = x.float()
-        x1, x2 = xf[..., : self.dim // 2], xf[..., self.dim // 2 :]
-        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-        return out.to(x.dtype)
+        op = get_op("rotary", resolve_backend(self.kernel_backend, x.device.type))
+        return op(x, positions, self.inv_freq(x.device))

@@ -83,7 +83,10 @@ class _SWSKAFunction(torch.autograd.Function):
         S = k.shape[1]
         BM, BN = _blocks(T, block_size)
         do = do.contiguous()
-        delta = (o.float() * do.float()).sum(-1).permute(0, 2, 1).contiguous()  # [B, H, T]
+        delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
+        if B * T:
+            DV = o.shape[-1]
+            kern._bwd_delta[(B * T,)](o, do, delta, T, H=H, DV=DV, BH=next_pow2(H), BDV=next_pow2(DV), num_warps=4)
         dummy = lse
         common = _consts(q, v, BM, BN, km, dstart)
         kmp = km if km is not None else dummy

@@ -6,6 +6,7 @@ work is O(T x window). The softmax is online (running max and sum, float32); the
 the probabilities from the saved log-sum-exp.
 
 * ``_fwd``: one program per (query block, batch, head).
+* ``_bwd_delta``: per row and head, sum_d o * dO in float32 (the softmax backward's row term).
 * ``_bwd_dq``: the same walk, dq only.
 * ``_bwd_dkdv``: one program per (key block, batch, head group): the shared key tile is loaded once and
   its gradient summed over the group's heads in registers (dv per head).
@@ -117,6 +118,20 @@ def _fwd(
         mask=tm[:, None] & (dv < DV)[None, :],
     )
     tl.store(lse + (b * H + h) * T + t, tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), 0.0), mask=tm)
+
+
+@triton.jit
+def _bwd_delta(o, do, delta, T, H: tl.constexpr, DV: tl.constexpr, BH: tl.constexpr, BDV: tl.constexpr):
+    # one program: one row (b, t), all heads; o and do are [B, T, H, DV], delta is [B, H, T]
+    row = tl.program_id(0).to(tl.int64)
+    hh = tl.arange(0, BH)
+    dd = tl.arange(0, BDV)
+    m = (hh < H)[:, None] & (dd < DV)[None, :]
+    off = (row * H + hh[:, None]) * DV + dd[None, :]
+    o_r = tl.load(o + off, mask=m, other=0.0).to(tl.float32)
+    acc = tl.sum(o_r * tl.load(do + off, mask=m, other=0.0).to(tl.float32), axis=1)
+    b = row // T
+    tl.store(delta + (b * H + hh) * T + row % T, acc, mask=hh < H)
 
 
 @triton.jit
