@@ -145,3 +145,49 @@ def test_norm_then_project_matches_unfused(backend, autocast):
     assert results[0][0].dtype == results[1][0].dtype
     for name, a, b in zip(("out", "do", "dgate", "dx", "dskip", "dnorm_w", "dproj_w"), *results, strict=True):
         assert_close(name, a.float().cpu(), b.float().cpu(), rel=tol)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "silu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gate_mul_backward(activation, dtype):
+    """The explicit backward (both forms) == autograd through gate_mul in float64."""
+    from rodimus.ops.gating import gate_mul, gate_mul_backward
+    from rodimus.ops.triton import gate_mul_backward_triton
+
+    g = torch.Generator().manual_seed(5)
+    a, x, dy = (torch.randn(4, 300, generator=g, dtype=torch.float64).mul(3) for _ in "axd")
+    ar, xr = a.clone().requires_grad_(), x.clone().requires_grad_()
+    gate_mul(ar, xr, activation).backward(dy)
+    for fn in (gate_mul_backward, gate_mul_backward_triton):
+        da, dx = fn(*(t.to(DEV, dtype) for t in (a, x, dy)), activation)
+        assert da.dtype == dx.dtype == dtype
+        assert_close(f"{fn.__name__} da", da.cpu(), ar.grad, rel=TOL[dtype])
+        assert_close(f"{fn.__name__} dx", dx.cpu(), xr.grad, rel=TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_low_rank_gate_matches_unfused(backend, autocast):
+    """low_rank_gate (pre-activation rebuilt in backward) == gate_mul(up(down(x)), x), values and grads."""
+    from rodimus.layers.recompute import low_rank_gate
+    from rodimus.ops.gating import gate_mul
+
+    torch.manual_seed(0)
+    down = torch.nn.Linear(40, 6, bias=False).to(DEV)
+    up = torch.nn.Linear(6, 40).to(DEV)
+    x = torch.randn(2, 7, 40, device=DEV).requires_grad_()
+    params = (x, down.weight, up.weight, up.bias)
+    ctx = torch.autocast(DEV, dtype=torch.bfloat16) if autocast else torch.autocast(DEV, enabled=False)
+    results = []
+    for fused in (True, False):
+        for t in params:
+            t.grad = None
+        xin = x.to(torch.bfloat16) if autocast else x  # the mixer's x is already in the autocast dtype
+        with ctx:
+            u = low_rank_gate(xin, down, up, backend) if fused else gate_mul(up(down(xin)), xin, "sigmoid")
+        u.float().square().sum().backward()
+        results.append([u.detach()] + [t.grad.clone() for t in params])
+    tol = 2e-2 if autocast else 1e-5
+    assert results[0][0].dtype == results[1][0].dtype
+    for name, a, b in zip(("u", "dx", "d down.w", "d up.w", "d up.b"), *results, strict=True):
+        assert_close(name, a.float().cpu(), b.float().cpu(), rel=tol)

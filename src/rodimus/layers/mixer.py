@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from rodimus.layers.norm import GatedRMSNorm
+from rodimus.layers.recompute import low_rank_gate
 from rodimus.ops.dispatch import get_op, resolve_backend
 
 
@@ -77,16 +77,9 @@ class RodimusInnerMixer(nn.Module):
         return q, k, g_pre, tau_pre
 
     def _input_gate(self, x: torch.Tensor, backend: str) -> torch.Tensor:
-        """u = sigmoid(W_b W_a x + b) * x. In training the [rows, d_inner] pre-activation is recomputed in
-        backward (two rank-r GEMMs) rather than kept: x is kept anyway, so u costs no extra activation."""
-        gate_mul = get_op("gate_mul", backend)
-
-        def gate(x):
-            return gate_mul(self.ch_gate_proj(x), x, "sigmoid")
-
-        if torch.is_grad_enabled() and x.requires_grad:
-            return checkpoint(gate, x, use_reentrant=False, preserve_rng_state=False)  # no randomness in it
-        return gate(x)
+        """u = sigmoid(W_b W_a x + b) * x. In training the [rows, d_inner] pre-activation is rebuilt in
+        backward from the rank-r W_a x rather than kept: x is kept anyway, so u costs no extra activation."""
+        return low_rank_gate(x, self.ch_gate_proj[0], self.ch_gate_proj[1], backend)
 
     def forward(
         self, x: torch.Tensor, cache=None, cu_seqlens: torch.Tensor | None = None

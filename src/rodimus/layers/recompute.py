@@ -1,9 +1,10 @@
-"""proj(f(inputs)) without keeping f's output for backward.
+"""Stages whose [rows, width] intermediates are recomputed in backward instead of kept.
 
 A projection's weight gradient needs its input, so autograd keeps the output of the elementwise or
 row-wise stage before it (the mixer's gated norm, the FFN's SwiGLU product): one [rows, width] tensor per
 layer. When that stage is cheap and its inputs are kept anyway, recomputing it in backward costs one
 extra pass and saves the tensor (the projection's GEMM is not recomputed, unlike with checkpointing).
+The mixer's low-rank input gate is the same idea the other way round (:func:`low_rank_gate`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rodimus.ops.dispatch import get_op
 
 
 def project_recomputed(fn: Callable[..., torch.Tensor], proj: nn.Linear, *inputs: torch.Tensor | None) -> torch.Tensor:
@@ -52,3 +55,59 @@ class _RecomputeThenProject(torch.autograd.Function):
         wanted = [t for t in ins if _needs_grad(t)]
         got = iter(torch.autograd.grad(y, wanted, dy) if wanted else ())
         return (None, d_proj, *[next(got) if _needs_grad(t) else None for t in ins])
+
+
+def low_rank_gate(x: torch.Tensor, down: nn.Linear, up: nn.Linear, backend: str) -> torch.Tensor:
+    """``sigmoid(up(down(x))) * x`` (the Rodimus input gate); in training the [rows, width] pre-activation
+    is rebuilt in backward from the rank-r ``down(x)``, which is kept (a few bytes per row).
+
+    Unlike checkpointing it does not re-run ``down`` (a pass over x) nor the gate product in backward,
+    and the two paths of dx meet inside one in-place GEMM instead of a separate sum.
+    """
+    params = (down.weight, down.bias, up.weight, up.bias)
+    if not (torch.is_grad_enabled() and any(_needs_grad(t) for t in (x, *params))):
+        return get_op("gate_mul", backend)(up(down(x)), x, "sigmoid")
+    return _LowRankGate.apply(x, *params, backend)
+
+
+def _run_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return t.to(dtype) if t is not None else None
+
+
+class _LowRankGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, wa, ba, wb, bb, backend):
+        dt = _run_dtype(x, wb)
+        with torch.autocast(x.device.type, enabled=False):
+            xa = F.linear(x.to(dt), wa.to(dt), _cast(ba, dt))
+            u = get_op("gate_mul", backend)(F.linear(xa, wb.to(dt), _cast(bb, dt)), x, "sigmoid")
+        ctx.save_for_backward(x, xa, wa, ba, wb, bb)
+        ctx.dt, ctx.backend = dt, backend
+        return u
+
+    @staticmethod
+    def backward(ctx, du):
+        x, xa, wa, ba, wb, bb = ctx.saved_tensors
+        dt = ctx.dt
+        wa_d, wb_d = wa.to(dt), wb.to(dt)
+        with torch.autocast(x.device.type, enabled=False):
+            a = F.linear(xa, wb_d, _cast(bb, dt))
+            da, dx = get_op("gate_mul_backward", ctx.backend)(a, x, du, "sigmoid")
+            width, rank = x.shape[-1], xa.shape[-1]
+            da2, xa2 = da.reshape(-1, width).to(dt), xa.reshape(-1, rank)
+            dxa = da2 @ wb_d  # [rows, rank]
+            dx2 = dx.reshape(-1, width)
+            if dx2.dtype == dt:
+                dx2.addmm_(dxa, wa_d)  # the low-rank path's share of dx, summed inside the GEMM
+            else:
+                dx2 += (dxa @ wa_d).to(dx2.dtype)
+            dwb = (da2.t() @ xa2).to(wb.dtype) if wb.requires_grad else None
+            dbb = da2.sum(0, dtype=torch.float32).to(bb.dtype) if bb is not None and bb.requires_grad else None
+            dwa = (dxa.t() @ x.reshape(-1, width).to(dt)).to(wa.dtype) if wa.requires_grad else None
+            dba = dxa.sum(0, dtype=torch.float32).to(ba.dtype) if ba is not None and ba.requires_grad else None
+        return dx.view(x.shape), dwa, dba, dwb, dbb, None

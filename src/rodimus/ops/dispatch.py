@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 
 from rodimus.ops.ddts import ddts_chunk, ddts_naive, ddts_recurrent
-from rodimus.ops.gating import gate_mul
+from rodimus.ops.gating import gate_mul, gate_mul_backward
 from rodimus.ops.norm import gated_rms_norm, rms_norm
 from rodimus.ops.rotary import rotary
 from rodimus.ops.short_conv import short_conv, short_conv_naive
@@ -26,6 +26,7 @@ REGISTRY: dict[str, dict[str, Callable]] = {
     "gated_norm": {"naive": gated_rms_norm, "torch": gated_rms_norm},
     "rms_norm": {"naive": rms_norm, "torch": rms_norm},
     "gate_mul": {"naive": gate_mul, "torch": gate_mul},
+    "gate_mul_backward": {"naive": gate_mul_backward, "torch": gate_mul_backward},
     "rotary": {"naive": rotary, "torch": rotary},
     "swska": {"naive": swska_naive, "torch": swska_blocked},
 }

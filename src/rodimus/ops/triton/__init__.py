@@ -6,7 +6,7 @@ Raises ImportError when triton is missing, which ``rodimus.ops.dispatch.triton_a
 
 from rodimus.ops.triton import _common  # noqa: F401  (sets TRITON_INTERPRET before any kernel is built)
 from rodimus.ops.triton.ddts import ddts_decode_, ddts_triton
-from rodimus.ops.triton.gating import gate_mul_triton
+from rodimus.ops.triton.gating import gate_mul_backward_triton, gate_mul_triton
 from rodimus.ops.triton.norm import gated_rms_norm_triton, rms_norm_triton
 from rodimus.ops.triton.rotary import rotary_triton
 from rodimus.ops.triton.short_conv import short_conv_triton
@@ -15,6 +15,7 @@ from rodimus.ops.triton.swska import swska_triton
 __all__ = [
     "ddts_decode_",
     "ddts_triton",
+    "gate_mul_backward_triton",
     "gate_mul_triton",
     "gated_rms_norm_triton",
     "rms_norm_triton",
@@ -33,6 +34,7 @@ def _register() -> None:
     REGISTRY["gated_norm"]["triton"] = gated_rms_norm_triton
     REGISTRY["rms_norm"]["triton"] = rms_norm_triton
     REGISTRY["gate_mul"]["triton"] = gate_mul_triton
+    REGISTRY["gate_mul_backward"]["triton"] = gate_mul_backward_triton
     REGISTRY["rotary"]["triton"] = rotary_triton
 
 

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rodimus.ops.gating import check_gate_inputs, gate_mul
+from rodimus.ops.gating import check_gate_inputs, gate_mul, gate_mul_backward
 from rodimus.ops.triton._common import rows_view as _rows
 from rodimus.ops.triton._common import sigmoid
 
@@ -72,14 +72,20 @@ class _GateMul(torch.autograd.Function):
     def backward(ctx, dy):
         a2, x2 = ctx.saved_tensors
         silu, shape = ctx.meta
-        N, D = x2.shape
-        dy = dy.reshape(N, D).contiguous()
-        da = torch.empty(N, D, device=a2.device, dtype=a2.dtype)
-        dx = torch.empty(N, D, device=x2.device, dtype=x2.dtype)
-        grid, block = _grid(N, D)
-        if dy.numel():
-            _bwd[grid](a2, x2, dy, da, dx, D, a2.stride(0), x2.stride(0), SILU=silu, BLOCK=block, num_warps=4)
+        da, dx = _backward(a2, x2, dy, silu)
         return da.view(shape), dx.view(shape), None
+
+
+def _backward(a2: torch.Tensor, x2: torch.Tensor, dy: torch.Tensor, silu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(da, dx) [N, D] for row views a2, x2 and the output gradient dy."""
+    N, D = x2.shape
+    dy = dy.reshape(N, D).contiguous()
+    da = torch.empty(N, D, device=a2.device, dtype=a2.dtype)
+    dx = torch.empty(N, D, device=x2.device, dtype=x2.dtype)
+    grid, block = _grid(N, D)
+    if dy.numel():
+        _bwd[grid](a2, x2, dy, da, dx, D, a2.stride(0), x2.stride(0), SILU=silu, BLOCK=block, num_warps=4)
+    return da, dx
 
 
 def gate_mul_triton(a: torch.Tensor, x: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
@@ -88,3 +94,14 @@ def gate_mul_triton(a: torch.Tensor, x: torch.Tensor, activation: str = "sigmoid
     if torch.float64 in (a.dtype, x.dtype):
         return gate_mul(a, x, activation)
     return _GateMul.apply(a, x, activation == "silu")
+
+
+def gate_mul_backward_triton(
+    a: torch.Tensor, x: torch.Tensor, dy: torch.Tensor, activation: str = "sigmoid"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused :func:`rodimus.ops.gating.gate_mul_backward`; float64 goes to the torch form."""
+    check_gate_inputs(a, x, activation)
+    if torch.float64 in (a.dtype, x.dtype):
+        return gate_mul_backward(a, x, dy, activation)
+    da, dx = _backward(_rows(a), _rows(x), dy, activation == "silu")
+    return da.view(a.shape), dx.view(x.shape)
