@@ -24,6 +24,8 @@ CASES = [  # B, T, H, K, V, dtype, initial_state, cu_seqlens, chunk_size
     pytest.param(1, 90, 2, 16, 24, torch.float32, False, [0, 7, 7, 50, 90], 32, id="packed4-T90-H2-fp32"),
     pytest.param(2, 63, 2, 16, 60, torch.bfloat16, True, None, 32, id="B2-T63-H2-K16-V60-bf16-init"),
     pytest.param(1, 70, 1, 16, 32, torch.bfloat16, False, [0, 33, 70], 32, id="packed2-T70-H1-bf16"),
+    # a document of 18 chunks: the d(log-decay) carry sums later chunk totals in blocks of 16
+    pytest.param(1, 300, 1, 16, 16, torch.float32, False, [0, 280, 300], 16, id="packed2-T300-C16-fp32"),
 ]
 
 

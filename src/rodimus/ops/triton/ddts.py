@@ -246,16 +246,16 @@ class _DDTSFunction(torch.autograd.Function):
                 BK=next_pow2(K),
                 num_warps=4,
             )
-        # d log alpha_t = sum over later tokens of the same sequence (+ the final-state term)
-        fin = finp.sum(0).view(n_seq, H, K)
-        lens = cu.diff().long()
-        seq_of_row = torch.repeat_interleave(torch.arange(n_seq, device=dev), lens, output_size=TT)
-        dl = segment_suffix_sum(db, cu.long(), seq_of_row) + fin[seq_of_row]
-        dl = dl.contiguous()
+        # d log alpha_t = sum over later tokens of the same sequence (+ the final-state term), then the links
         dgp, dtp = torch.empty_like(gp), torch.empty_like(tp)
-        n = TT * H * K
-        if n:
-            kern._bwd_gates[(triton_cdiv(n, 1024),)](gp, tp, dl, dgb, dtb, dgp, dtp, n, BLOCK=1024)
+        if n_slots:
+            tot = torch.empty(n_chunks, H, K, **f32)
+            consts = dict(H=H, K=K, C=C, BK=next_pow2(K))
+            kern._chunk_totals[(n_slots, H)](db, tot, chunk_seq, chunk_idx, cu, coff, **consts)
+            kern._bwd_gates[(n_slots, H)](
+                gp, tp, db, dgb, dtb, tot, finp, dgp, dtp, chunk_seq, chunk_idx, cu, coff, NV, n_seq * H,
+                **consts, NB=16,
+            )  # fmt: skip
         shape4 = (B, T, H)
         return (
             dq.view(*shape4, K),
@@ -269,28 +269,6 @@ class _DDTSFunction(torch.autograd.Function):
             None,
             None,
         )
-
-
-def segment_suffix_sum(x: torch.Tensor, cu: torch.Tensor, seq_of_row: torch.Tensor, block: int = 64) -> torch.Tensor:
-    """y_t = sum of x_s over s >= t in t's segment (rows cu[i]:cu[i+1]), along dim 0, in float32.
-
-    Blocked: float32 suffix sums inside blocks of `block` rows (short, so they stay accurate and run in
-    parallel) plus float64 suffix sums of the block totals. One long scan over all rows, as a plain
-    ``cumsum`` would do, runs a few ms on a GPU for 16K rows and loses precision when differenced.
-    """
-    TT = x.shape[0]
-    flat = x.reshape(TT, -1).float()
-    nb = TT // block + 1  # at least one all-zero row past the end, so index TT is valid
-    padded = flat.new_zeros(nb * block, flat.shape[1])
-    padded[:TT] = flat
-    local = padded.view(nb, block, -1).flip(1).cumsum(1).flip(1).reshape(nb * block, -1)
-    totals = local.view(nb, block, -1)[:, 0].double()
-    after = torch.cat([totals.flip(0).cumsum(0).flip(0)[1:], totals.new_zeros(1, totals.shape[1])])
-    rows = torch.arange(TT, device=x.device)
-    ends = cu[1:][seq_of_row]  # one past the segment's last row
-    # suffix from t to the end of everything, S(t) = local[t] + after[t // block]; y_t = S(t) - S(end)
-    y = (local[:TT] - local[ends]).double() + after[rows // block] - after[ends // block]
-    return y.float().view_as(x)
 
 
 def triton_cdiv(a: int, b: int) -> int:

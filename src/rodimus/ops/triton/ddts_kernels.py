@@ -20,7 +20,9 @@ Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is 
   chunk; ``_bwd_chunk`` (one program per chunk and V slice) then computes dv and the partial sums.
 * ``_bwd_intra``: per chunk, the V-reduced partials become dq, dk (through the key norm and beta),
   the per-token d(log-decay) contributions and the beta-path gate gradients.
-* ``_bwd_gates``: elementwise, the last link: softplus and sigmoid derivatives.
+* ``_chunk_totals`` then ``_bwd_gates``: per chunk, d(log-decay) as the suffix sum of the per-token
+  contributions over the rest of the sequence (chunk totals carry it across chunks), and the last link:
+  softplus and sigmoid derivatives.
 * ``_decode``: one token, [K, BV] state block per program.
 """
 
@@ -550,18 +552,50 @@ def _bwd_intra(
 
 
 @triton.jit
-def _bwd_gates(gp, tp, dloga, dgb, dtb, dgp, dtp, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
-    x = tl.load(gp + offs, mask=m, other=0.0).to(tl.float32)
-    y = tl.load(tp + offs, mask=m, other=0.0).to(tl.float32)
-    dl = tl.load(dloga + offs, mask=m, other=0.0)
-    g = softplus(x)
-    tau = sigmoid(y)
-    dg = tl.load(dgb + offs, mask=m, other=0.0) - dl * tau
-    dt = tl.load(dtb + offs, mask=m, other=0.0) - dl * g
-    tl.store(dgp + offs, (dg * sigmoid(x)).to(dgp.dtype.element_ty), mask=m)
-    tl.store(dtp + offs, (dt * tau * (1.0 - tau)).to(dtp.dtype.element_ty), mask=m)
+def _chunk_totals(db, tot, chunk_seq, chunk_idx, cu, coff, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
+                  BK: tl.constexpr):
+    """Per chunk and head: the sum over the chunk's rows of the d(log-decay) contributions db."""
+    seq, cid, rows, rm = _stored_chunk(tl.program_id(0), chunk_seq, chunk_idx, cu, coff, C)
+    h = tl.program_id(1)
+    if seq >= 0:
+        cols = tl.arange(0, BK)
+        x = _load_rows(db + h * K, rows, cols, rm, cols < K, H * K)
+        tl.store(tot + (cid * H + h) * K + cols, tl.sum(x, axis=0), mask=cols < K)
+
+
+@triton.jit
+def _bwd_gates(gp, tp, db, dgb, dtb, tot, finp, dgp, dtp, chunk_seq, chunk_idx, cu, coff, NV, n_seq_h,
+               H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, NB: tl.constexpr):
+    """Per chunk and head: d(log alpha_t) = the sum of db over the sequence's rows s >= t plus the final
+    state's term, then the softplus and sigmoid links to g_pre and tau_pre.
+
+    Inside the chunk a float32 reverse cumsum; the later chunks' totals (and the final-state partials of
+    the walk's V blocks) are summed in float64, since a long document's suffix is a long sum.
+    """
+    seq, cid, rows, rm = _stored_chunk(tl.program_id(0), chunk_seq, chunk_idx, cu, coff, C)
+    h = tl.program_id(1)
+    if seq >= 0:
+        cols = tl.arange(0, BK)
+        cm = cols < K
+        carry = tl.zeros([BK], tl.float64)
+        for iv in range(0, NV):
+            carry += tl.load(finp + (iv * n_seq_h + seq * H + h) * K + cols, mask=cm, other=0.0).to(tl.float64)
+        end = tl.load(coff + seq + 1)  # one past the sequence's last chunk
+        for j0 in range(cid + 1, end, NB):
+            j = j0 + tl.arange(0, NB)
+            carry += tl.sum(_load_rows(tot + h * K, j, cols, j < end, cm, H * K).to(tl.float64), axis=0)
+        x = _load_rows(db + h * K, rows, cols, rm, cm, H * K)
+        dl = (tl.cumsum(x, axis=0, reverse=True).to(tl.float64) + carry[None, :]).to(tl.float32)
+        gx = _load_rows(gp + h * K, rows, cols, rm, cm, H * K)
+        ty = _load_rows(tp + h * K, rows, cols, rm, cm, H * K)
+        g = softplus(gx)
+        tau = sigmoid(ty)
+        dg = _load_rows(dgb + h * K, rows, cols, rm, cm, H * K) - dl * tau
+        dt = _load_rows(dtb + h * K, rows, cols, rm, cm, H * K) - dl * g
+        ptr = rows[:, None] * (H * K) + h * K + cols[None, :]
+        m = rm[:, None] & cm[None, :]
+        tl.store(dgp + ptr, (dg * sigmoid(gx)).to(dgp.dtype.element_ty), mask=m)
+        tl.store(dtp + ptr, (dt * tau * (1.0 - tau)).to(dtp.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -609,4 +643,4 @@ def _decode(
     tl.store(o + pid * V + vv, out.to(o.dtype.element_ty), mask=vm)
 
 
-__all__ = ["SUB", "_bwd_gates", "_bwd_intra", "_bwd_state", "_decode", "_fwd", "_prep", "triton"]
+__all__ = ["SUB", "_bwd_gates", "_chunk_totals", "_bwd_intra", "_bwd_state", "_decode", "_fwd", "_prep", "triton"]
