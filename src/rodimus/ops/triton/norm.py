@@ -127,8 +127,9 @@ class _GatedNorm(torch.autograd.Function):
         n_prog = max(1, min(N, 4 * _sm_count(o2.device)))
         rows = -(-N // n_prog) if N else 1
         n_prog = -(-N // rows) if N else 1
-        dwp = torch.zeros(n_prog, D, device=o2.device, dtype=torch.float32)
-        dsp = torch.zeros(n_prog, D, device=o2.device, dtype=torch.float32) if has_skip else dwp
+        part = torch.empty if N else torch.zeros  # every launched program writes its whole partial row
+        dwp = part(n_prog, D, device=o2.device, dtype=torch.float32)
+        dsp = part(n_prog, D, device=o2.device, dtype=torch.float32) if has_skip else dwp
         BD, warps = _launch_cfg(D)
         if N:
             _bwd[(n_prog,)](

@@ -116,11 +116,11 @@ class _ShortConvFunction(torch.autograd.Function):
         f32 = dict(device=x.device, dtype=torch.float32)
         want_dh0 = h0t is not None and ctx.needs_input_grad[3]
         dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-        dw = torch.zeros(D, W, **f32)
-        db = torch.zeros(D, **f32) if bias is not None else None
         dh0t = torch.zeros(B, W - 1, D, **f32) if want_dh0 else None
         if dy is None or not (T and D):
             dx.zero_()
+            dw = torch.zeros(D, W, **f32)
+            db = torch.zeros(D, **f32) if bias is not None else None
         else:
             dy = _row_major(dy)
             BT, BD, warps = _blocks("bwd", D, W)
@@ -142,8 +142,7 @@ class _ShortConvFunction(torch.autograd.Function):
                 num_warps=warps,
             )  # fmt: skip
             dw = dwp[:, :W].sum(0).t()
-            if bias is not None:
-                db = dbp.sum(0)
+            db = dbp.sum(0) if bias is not None else None
         dh0 = dh0t.transpose(1, 2) if dh0t is not None else None  # [B, D, W-1] view
         if dfinal is not None and W > 1:
             _add_final_grad(dfinal, dx, dh0, cu_seqlens, W)
