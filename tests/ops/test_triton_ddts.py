@@ -126,3 +126,29 @@ def test_registered_with_the_torch_signature():
     assert dispatch.triton_available()
     assert dispatch.REGISTRY["ddts"]["triton"] is ddts_triton
     assert inspect.signature(ddts_triton) == inspect.signature(ddts_chunk)
+
+
+@pytest.mark.parametrize("H", [1, 2])
+def test_column_slices_are_read_in_place(H):
+    """q, k (and g_pre, tau_pre) as column slices of wider projections, as the mixer passes them, give the
+    same outputs and gradients as contiguous copies."""
+    B, T, K, V = 2, 37, 16, 24
+    g = torch.Generator().manual_seed(7)
+    qk = torch.randn(B, T, H * 2 * K + 8, generator=g).to(DEV).requires_grad_()  # 8 spare columns
+    gt = torch.randn(B, T, H * 2 * K, generator=g).to(DEV).requires_grad_()
+    v = torch.randn(B, T, H, V, generator=g).to(DEV).requires_grad_()
+    do = torch.randn(B, T, H, V, generator=g).to(DEV)
+
+    def run(copy):
+        q, k = (t.reshape(B, T, H, K) for t in qk[..., : 2 * H * K].split(H * K, dim=-1))
+        gp, tp = (t.reshape(B, T, H, K) for t in gt.split(H * K, dim=-1))
+        ins = [q, k, v, gp, tp]
+        if copy:
+            ins = [t.contiguous() for t in ins]
+        else:
+            assert not q.is_contiguous() and not gp.is_contiguous()
+        o, _ = ddts_triton(*ins, chunk_size=16)
+        return [o, *torch.autograd.grad(o, (qk, gt, v), do)]
+
+    for name, a, b in zip(("o", "d qk", "d gates", "dv"), run(False), run(True), strict=True):
+        _close(name, a, b, rel=1e-6)

@@ -84,6 +84,8 @@ def _prep(q, k, gp, tp, seqs, scale, eps, C):
             chunk_idx,
             cu,
             coff,
+            q.stride(0),
+            gp.stride(0),
             scale,
             eps,
             H=H,
@@ -95,12 +97,33 @@ def _prep(q, k, gp, tp, seqs, scale, eps, C):
     return qe, ke, dec, A
 
 
+def _flat_rows(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, H, D] -> [B*T, H, D] with unit column and D head stride: a view where the layout allows
+    (column slices of one projection output are read in place; the kernels take the row stride)."""
+    B, T, H, D = x.shape
+    if x.stride(-1) == 1 and (H == 1 or x.stride(-2) == D):
+        try:
+            return x.view(B * T, H, D)
+        except RuntimeError:
+            pass
+    return x.contiguous().view(B * T, H, D)
+
+
+def _same_row_stride(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels read a pair (q/k, g_pre/tau_pre) with one row stride."""
+    if a.stride(0) == b.stride(0):
+        return a, b
+    return a.contiguous(), b.contiguous()
+
+
 class _DDTSFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, gp, tp, h0, cu_seqlens, scale, eps, C):
         B, T, H, K = q.shape
         V = v.shape[-1]
-        q, k, v, gp, tp = (x.contiguous().view(B * T, H, x.shape[-1]) for x in (q, k, v, gp, tp))
+        q, k = _same_row_stride(_flat_rows(q), _flat_rows(k))
+        gp, tp = _same_row_stride(_flat_rows(gp), _flat_rows(tp))
+        v = v.contiguous().view(B * T, H, V)
         seqs = _sequences(cu_seqlens, B, T, C, q.device)
         n_seq = seqs[0].numel() - 1
         qe, ke, dec, A = _prep(q, k, gp, tp, seqs, scale, eps, C)
@@ -217,7 +240,8 @@ class _DDTSFunction(torch.autograd.Function):
                 H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=v.dtype in _LOWP, num_warps=cfg.get("chunk_warps", 4),
             )  # fmt: skip
         del hbuf, dsbuf
-        dq, dk = torch.empty_like(q), torch.empty_like(k)
+        dq = torch.empty(TT, H, K, device=dev, dtype=q.dtype)
+        dk = torch.empty(TT, H, K, device=dev, dtype=k.dtype)
         db, dgb, dtb = (torch.empty(TT, H, K, **f32) for _ in range(3))
         if n_slots:
             kern._bwd_intra[(n_slots, H)](
@@ -236,6 +260,8 @@ class _DDTSFunction(torch.autograd.Function):
                 chunk_seq,
                 chunk_idx,
                 cu,
+                q.stride(0),
+                gp.stride(0),
                 scale,
                 eps,
                 n_part,
@@ -247,14 +273,15 @@ class _DDTSFunction(torch.autograd.Function):
                 num_warps=4,
             )
         # d log alpha_t = sum over later tokens of the same sequence (+ the final-state term), then the links
-        dgp, dtp = torch.empty_like(gp), torch.empty_like(tp)
+        dgp = torch.empty(TT, H, K, device=dev, dtype=gp.dtype)
+        dtp = torch.empty(TT, H, K, device=dev, dtype=tp.dtype)
         if n_slots:
             tot = torch.empty(n_chunks, H, K, **f32)
             consts = dict(H=H, K=K, C=C, BK=next_pow2(K))
             kern._chunk_totals[(n_slots, H)](db, tot, chunk_seq, chunk_idx, cu, coff, **consts)
             kern._bwd_gates[(n_slots, H)](
                 gp, tp, db, dgb, dtb, tot, finp, dgp, dtp, chunk_seq, chunk_idx, cu, coff, NV, n_seq * H,
-                **consts, NB=16,
+                gp.stride(0), **consts, NB=16,
             )  # fmt: skip
         shape4 = (B, T, H)
         return (

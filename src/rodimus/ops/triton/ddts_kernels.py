@@ -57,16 +57,19 @@ def _load_rows(ptr, rows, cols, rmask, cmask, stride):
 
 
 @triton.jit
-def _load_gates(q, k, gp, tp, rows, cols, rmask, cmask, stride, scale, eps):
-    """Rows of raw q, k, g_pre, tau_pre -> :func:`_gates` of them, then scale * q (all float32)."""
+def _load_gates(q, k, gp, tp, rows, cols, rmask, cmask, s_qk, s_g, scale, eps):
+    """Rows of raw q, k, g_pre, tau_pre -> :func:`_gates` of them, then scale * q (all float32).
+
+    s_qk and s_g are the row strides of q/k and of g_pre/tau_pre: column slices of the mixer's projections,
+    read in place."""
     loga, kb, kh, beta, g, tau, rn = _gates(
-        _load_rows(gp, rows, cols, rmask, cmask, stride),
-        _load_rows(tp, rows, cols, rmask, cmask, stride),
-        _load_rows(k, rows, cols, rmask, cmask, stride),
+        _load_rows(gp, rows, cols, rmask, cmask, s_g),
+        _load_rows(tp, rows, cols, rmask, cmask, s_g),
+        _load_rows(k, rows, cols, rmask, cmask, s_qk),
         eps,
         rmask[:, None] & cmask[None, :],
     )
-    return loga, kb, kh, beta, g, tau, rn, _load_rows(q, rows, cols, rmask, cmask, stride) * scale
+    return loga, kb, kh, beta, g, tau, rn, _load_rows(q, rows, cols, rmask, cmask, s_qk) * scale
 
 
 @triton.jit
@@ -101,6 +104,8 @@ def _prep(
     chunk_idx,
     cu,
     coff,
+    s_qk,
+    s_g,
     scale,
     eps,
     H: tl.constexpr,
@@ -120,7 +125,7 @@ def _prep(
         valid = rmask[:, None] & cmask[None, :]
         off = h * K
         loga, kb, _, _, _, _, _, qs = _load_gates(
-            q + off, k + off, gp + off, tp + off, rows, cols, rmask, cmask, H * K, scale, eps
+            q + off, k + off, gp + off, tp + off, rows, cols, rmask, cmask, s_qk, s_g, scale, eps
         )
         b = tl.cumsum(loga, axis=0)
         b_last = tl.sum(loga, axis=0)
@@ -134,7 +139,7 @@ def _prep(
             rows_i = t0 + i * SUB + sl
             rm_i = rows_i < eos
             loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(
-                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, H * K, scale, eps
+                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
             )
             prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
             b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
@@ -461,6 +466,8 @@ def _bwd_intra(
     chunk_seq,
     chunk_idx,
     cu,
+    s_qk,
+    s_g,
     scale,
     eps,
     NV,
@@ -481,7 +488,7 @@ def _bwd_intra(
         cmask = cols < K
         off = h * K
         loga, kb, _, _, _, _, _, qs = _load_gates(
-            q + off, k + off, gp + off, tp + off, rows, cols, rmask, cmask, H * K, scale, eps
+            q + off, k + off, gp + off, tp + off, rows, cols, rmask, cmask, s_qk, s_g, scale, eps
         )
         b = tl.cumsum(loga, axis=0)
         b_last = tl.sum(loga, axis=0)
@@ -491,7 +498,7 @@ def _bwd_intra(
             rm_i = rows_i < eos
             v_i = rm_i[:, None] & cmask[None, :]
             loga_i, kb_i, kh_i, beta_i, g_i, tau_i, rn_i, qs_i = _load_gates(
-                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, H * K, scale, eps
+                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
             )
             prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
             b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
@@ -564,7 +571,7 @@ def _chunk_totals(db, tot, chunk_seq, chunk_idx, cu, coff, H: tl.constexpr, K: t
 
 
 @triton.jit
-def _bwd_gates(gp, tp, db, dgb, dtb, tot, finp, dgp, dtp, chunk_seq, chunk_idx, cu, coff, NV, n_seq_h,
+def _bwd_gates(gp, tp, db, dgb, dtb, tot, finp, dgp, dtp, chunk_seq, chunk_idx, cu, coff, NV, n_seq_h, s_g,
                H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, NB: tl.constexpr):
     """Per chunk and head: d(log alpha_t) = the sum of db over the sequence's rows s >= t plus the final
     state's term, then the softplus and sigmoid links to g_pre and tau_pre.
@@ -586,8 +593,8 @@ def _bwd_gates(gp, tp, db, dgb, dtb, tot, finp, dgp, dtp, chunk_seq, chunk_idx, 
             carry += tl.sum(_load_rows(tot + h * K, j, cols, j < end, cm, H * K).to(tl.float64), axis=0)
         x = _load_rows(db + h * K, rows, cols, rm, cm, H * K)
         dl = (tl.cumsum(x, axis=0, reverse=True).to(tl.float64) + carry[None, :]).to(tl.float32)
-        gx = _load_rows(gp + h * K, rows, cols, rm, cm, H * K)
-        ty = _load_rows(tp + h * K, rows, cols, rm, cm, H * K)
+        gx = _load_rows(gp + h * K, rows, cols, rm, cm, s_g)
+        ty = _load_rows(tp + h * K, rows, cols, rm, cm, s_g)
         g = softplus(gx)
         tau = sigmoid(ty)
         dg = _load_rows(dgb + h * K, rows, cols, rm, cm, H * K) - dl * tau
