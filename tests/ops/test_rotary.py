@@ -54,3 +54,18 @@ def test_checks_name_the_argument():
         rotary_triton(x, torch.arange(4), torch.ones(4))
     with pytest.raises(ValueError, match="inv_freq must be"):
         rotary(x, torch.arange(3), torch.ones(3))
+
+
+def test_shared_frequencies_built_while_serving_train_fine():
+    """The layers share one frequency tensor per (dim, base, device); one built under inference_mode
+    (serving) must still be savable for backward (training in the same process)."""
+    from rodimus.layers.rotary import _INV_FREQ, RotaryEmbedding
+
+    _INV_FREQ.pop((12, 777.0, torch.device(DEV)), None)
+    a, b = RotaryEmbedding(12, base=777.0, kernel_backend="triton"), RotaryEmbedding(12, base=777.0)
+    with torch.inference_mode():
+        a(torch.zeros(1, 2, 1, 12, device=DEV), torch.arange(2, device=DEV))
+    assert b.inv_freq(torch.device(DEV)) is a.inv_freq(torch.device(DEV))
+    x = torch.randn(1, 3, 2, 12, device=DEV, requires_grad=True)
+    a(x, torch.arange(3, device=DEV)).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -7,6 +7,8 @@ from torch import nn
 
 from rodimus.ops.dispatch import get_op, resolve_backend
 
+_INV_FREQ: dict[tuple[int, float, torch.device], torch.Tensor] = {}  # (dim, base, device) -> frequencies
+
 
 class RotaryEmbedding(nn.Module):
     def __init__(self, dim: int, base: float = 10000.0, kernel_backend: str = "auto") -> None:
@@ -16,8 +18,15 @@ class RotaryEmbedding(nn.Module):
         self.kernel_backend = kernel_backend
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:
-        # Recomputed rather than stored: a buffer would be left uninitialised by meta-device loading.
-        return 1.0 / self.base ** (torch.arange(0, self.dim, 2, device=device, dtype=torch.float32) / self.dim)
+        # Built on first use rather than stored as a buffer (meta-device loading would leave a buffer
+        # uninitialised), then shared by every layer: no five small kernels per call.
+        key = (self.dim, float(self.base), torch.device(device))
+        freq = _INV_FREQ.get(key)
+        if freq is None:
+            with torch.inference_mode(False):  # a normal tensor, usable by training after serving
+                steps = torch.arange(0, self.dim, 2, device=device, dtype=torch.float32)
+                freq = _INV_FREQ[key] = 1.0 / self.base ** (steps / self.dim)
+        return freq
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Rotate x [B, T, heads, dim] at integer positions [T] (or [B, T])."""
