@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.models import harness
 
@@ -96,3 +97,18 @@ def test_skip_logits_loss_equals_logits_loss(packed, tied):
             assert_close(name, g_got[name], g_ref[name], rel=1e-5)
     with pytest.raises(ValueError, match="skip_logits"):
         model(ids, skip_logits=True)
+
+
+def test_fused_qkv_projection_under_autocast_matches_separate():
+    """Under autocast the SW-SKA layer projects q, k, v with one GEMM; it equals the three separate ones."""
+    from rodimus.layers.attention import SlidingWindowSharedKeyAttention
+
+    torch.manual_seed(0)
+    attn = SlidingWindowSharedKeyAttention(32, 4, 2, window=8, layer_idx=0, kernel_backend="torch")
+    h = torch.randn(2, 9, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = attn._qkv(h)
+        separate = (attn.q_proj(h), attn.k_proj(h), attn.v_proj(h))
+    for a, b in zip(fused, separate, strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-2)

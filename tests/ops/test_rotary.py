@@ -69,3 +69,18 @@ def test_shared_frequencies_built_while_serving_train_fine():
     x = torch.randn(1, 3, 2, 12, device=DEV, requires_grad=True)
     a(x, torch.arange(3, device=DEV)).square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_column_slices_are_read_in_place():
+    """q as a column slice of a fused q/k/v projection (how the attention passes it) == a contiguous copy."""
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randn(2, 5, 3 * 16 + 8, generator=g).to(DEV).requires_grad_()
+    pos, freq = torch.arange(5, device=DEV), _inv_freq(8).float().to(DEV)
+    dy = torch.randn(2, 5, 3, 8, generator=g).to(DEV)
+    outs = []
+    for copy in (False, True):
+        q = wide[..., 8:32].view(2, 5, 3, 8)
+        y = rotary_triton(q.contiguous() if copy else q, pos, freq)
+        outs.append((y, *torch.autograd.grad(y, wide, dy)))
+    for name, a, b in zip(("y", "d wide"), *outs, strict=True):
+        assert_close(name, a, b, rel=1e-6)

@@ -27,6 +27,14 @@ class SlidingWindowSharedKeyAttention(nn.Module):
         self.out_proj.init_role = "out"
         self.rotary = RotaryEmbedding(self.head_dim, base=rope_base, kernel_backend=kernel_backend)
 
+    def _qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three projections; under autocast as one GEMM (h read once; the weights are cast anyway)."""
+        if not torch.is_autocast_enabled(h.device.type):
+            return self.q_proj(h), self.k_proj(h), self.v_proj(h)
+        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
+        return torch.nn.functional.linear(h, w).split(sizes, dim=-1)
+
     def forward(
         self,
         h: torch.Tensor,
@@ -44,9 +52,10 @@ class SlidingWindowSharedKeyAttention(nn.Module):
             positions = torch.arange(past, past + T, device=h.device)
         else:
             positions = position_ids
-        q = self.rotary(self.q_proj(h).view(B, T, H, D), positions)
-        k = self.rotary(self.k_proj(h).view(B, T, 1, D), positions)
-        v = self.v_proj(h).view(B, T, Hv, D)
+        q, k, v = self._qkv(h)
+        q = self.rotary(q.view(B, T, H, D), positions)
+        k = self.rotary(k.view(B, T, 1, D), positions)
+        v = v.reshape(B, T, Hv, D)
         if cache is not None:
             k_all, v_all = cache.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
             k, v = k_all[:, 0], v_all.transpose(1, 2)

@@ -15,9 +15,10 @@ from rodimus.ops.rotary import check_rotary_inputs, rotary
 
 
 @triton.jit
-def _rotate(X, Y, POS, FREQ, HEADS, T, pos_stride, SIGN: tl.constexpr, HALF: tl.constexpr,
+def _rotate(X, Y, POS, FREQ, HEADS, T, pos_stride, sx, SIGN: tl.constexpr, HALF: tl.constexpr,
             BH: tl.constexpr, BF: tl.constexpr):
-    # one program: one row (b, t) and BH heads; POS is [B or 1, T] with row stride pos_stride
+    # one program: one row (b, t) and BH heads; POS is [B or 1, T] with row stride pos_stride; X's rows are
+    # sx apart (a column slice of a fused q/k/v projection is read in place), Y is contiguous
     row = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BH + tl.arange(0, BH)
     f = tl.arange(0, BF)
@@ -27,21 +28,34 @@ def _rotate(X, Y, POS, FREQ, HEADS, T, pos_stride, SIGN: tl.constexpr, HALF: tl.
     c = tl.cos(ang)[None, :]
     s = tl.sin(ang)[None, :] * SIGN
     m = (heads < HEADS)[:, None] & fm[None, :]
-    base = (row * HEADS + heads[:, None]) * (2 * HALF) + f[None, :]
-    x1 = tl.load(X + base, mask=m, other=0.0).to(tl.float32)
-    x2 = tl.load(X + base + HALF, mask=m, other=0.0).to(tl.float32)
+    col = heads[:, None] * (2 * HALF) + f[None, :]
+    base = row * HEADS * (2 * HALF) + col
+    x1 = tl.load(X + row * sx + col, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(X + row * sx + col + HALF, mask=m, other=0.0).to(tl.float32)
     tl.store(Y + base, (x1 * c - x2 * s).to(Y.dtype.element_ty), mask=m)
     tl.store(Y + base + HALF, (x2 * c + x1 * s).to(Y.dtype.element_ty), mask=m)
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, heads, D] as [B*T, heads, D] with unit column and D head stride: a view where possible."""
+    B, T, heads, D = x.shape
+    if x.stride(-1) == 1 and (heads == 1 or x.stride(-2) == D):
+        try:
+            return x.view(B * T, heads, D)
+        except RuntimeError:
+            pass
+    return x.contiguous().view(B * T, heads, D)
+
+
 def _launch(x: torch.Tensor, pos: torch.Tensor, freq: torch.Tensor, sign: float) -> torch.Tensor:
     B, T, heads, D = x.shape
-    y = torch.empty_like(x)
+    y = torch.empty(B, T, heads, D, device=x.device, dtype=x.dtype)
     if x.numel():
+        xr = _rows(x)
         BF = triton.next_power_of_2(D // 2)
         BH = max(1, min(triton.next_power_of_2(heads), 2048 // BF))
         _rotate[(B * T, triton.cdiv(heads, BH))](
-            x, y, pos, freq, heads, T, pos.stride(0) if pos.shape[0] > 1 else 0,
+            xr, y, pos, freq, heads, T, pos.stride(0) if pos.shape[0] > 1 else 0, xr.stride(0),
             SIGN=sign, HALF=D // 2, BH=BH, BF=BF, num_warps=4,
         )  # fmt: skip
     return y
@@ -56,7 +70,7 @@ class _Rotary(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         pos, freq = ctx.saved_tensors
-        return _launch(dy.contiguous(), pos, freq, -1.0), None, None
+        return _launch(dy, pos, freq, -1.0), None, None
 
 
 def rotary_triton(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -65,4 +79,4 @@ def rotary_triton(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tens
     if x.dtype == torch.float64:
         return rotary(x, positions, inv_freq)
     pos = (positions if positions.dim() == 2 else positions[None]).contiguous()  # [1 or B, T]
-    return _Rotary.apply(x.contiguous(), pos, inv_freq.float().contiguous())
+    return _Rotary.apply(x, pos, inv_freq.float().contiguous())
