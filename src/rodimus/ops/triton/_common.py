@@ -94,5 +94,17 @@ def rows_view(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
+def head_rows_view(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, heads, D] as [B*T, heads, D] with unit column and D head stride: a view where the layout
+    allows (column slices of a fused projection are read in place; the kernels take the row stride)."""
+    B, T, H, D = x.shape
+    if x.stride(-1) == 1 and (H == 1 or x.stride(-2) == D):
+        try:
+            return x.view(B * T, H, D)
+        except RuntimeError:
+            pass
+    return x.contiguous().view(B * T, H, D)
+
+
 def next_pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))

@@ -8,7 +8,7 @@ from rodimus.ops.ddts.chunk import ddts_chunk
 from rodimus.ops.ddts.common import check_ddts_inputs
 from rodimus.ops.packing import derived
 from rodimus.ops.triton import ddts_kernels as kern
-from rodimus.ops.triton._common import next_pow2
+from rodimus.ops.triton._common import head_rows_view, next_pow2
 
 _LOWP = (torch.bfloat16, torch.float16)
 
@@ -97,18 +97,6 @@ def _prep(q, k, gp, tp, seqs, scale, eps, C):
     return qe, ke, dec, A
 
 
-def _flat_rows(x: torch.Tensor) -> torch.Tensor:
-    """[B, T, H, D] -> [B*T, H, D] with unit column and D head stride: a view where the layout allows
-    (column slices of one projection output are read in place; the kernels take the row stride)."""
-    B, T, H, D = x.shape
-    if x.stride(-1) == 1 and (H == 1 or x.stride(-2) == D):
-        try:
-            return x.view(B * T, H, D)
-        except RuntimeError:
-            pass
-    return x.contiguous().view(B * T, H, D)
-
-
 def _same_row_stride(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernels read a pair (q/k, g_pre/tau_pre) with one row stride."""
     if a.stride(0) == b.stride(0):
@@ -121,8 +109,8 @@ class _DDTSFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, gp, tp, h0, cu_seqlens, scale, eps, C):
         B, T, H, K = q.shape
         V = v.shape[-1]
-        q, k = _same_row_stride(_flat_rows(q), _flat_rows(k))
-        gp, tp = _same_row_stride(_flat_rows(gp), _flat_rows(tp))
+        q, k = _same_row_stride(head_rows_view(q), head_rows_view(k))
+        gp, tp = _same_row_stride(head_rows_view(gp), head_rows_view(tp))
         v = v.contiguous().view(B * T, H, V)
         seqs = _sequences(cu_seqlens, B, T, C, q.device)
         n_seq = seqs[0].numel() - 1

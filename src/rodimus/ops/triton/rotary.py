@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from rodimus.ops.rotary import check_rotary_inputs, rotary
+from rodimus.ops.triton._common import head_rows_view
 
 
 @triton.jit
@@ -36,22 +37,11 @@ def _rotate(X, Y, POS, FREQ, HEADS, T, pos_stride, sx, SIGN: tl.constexpr, HALF:
     tl.store(Y + base + HALF, (x2 * c + x1 * s).to(Y.dtype.element_ty), mask=m)
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """[B, T, heads, D] as [B*T, heads, D] with unit column and D head stride: a view where possible."""
-    B, T, heads, D = x.shape
-    if x.stride(-1) == 1 and (heads == 1 or x.stride(-2) == D):
-        try:
-            return x.view(B * T, heads, D)
-        except RuntimeError:
-            pass
-    return x.contiguous().view(B * T, heads, D)
-
-
 def _launch(x: torch.Tensor, pos: torch.Tensor, freq: torch.Tensor, sign: float) -> torch.Tensor:
     B, T, heads, D = x.shape
     y = torch.empty(B, T, heads, D, device=x.device, dtype=x.dtype)
     if x.numel():
-        xr = _rows(x)
+        xr = head_rows_view(x)
         BF = triton.next_power_of_2(D // 2)
         BH = max(1, min(triton.next_power_of_2(heads), 2048 // BF))
         _rotate[(B * T, triton.cdiv(heads, BH))](
