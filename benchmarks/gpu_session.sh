@@ -33,6 +33,9 @@ step decode 120 python3 benchmarks/bench_kernels.py --only decode --budget 100 -
 step train 150 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus,rodimus_plus --steps 10 --warmup 3 \
   --json "$OUT/bench_train.json"
 step train 60 python3 benchmarks/bench_train.py --models llama --steps 10 --warmup 3 --json "$OUT/bench_train_llama.json"
+# eager Rodimus too: DDP/FSDP runs cannot use graphs, and how launch-bound eager still is matters there
+step train 90 python3 benchmarks/bench_train.py --models rodimus,rodimus_plus --steps 8 --warmup 3 \
+  --json "$OUT/bench_train_eager.json"
 step train8k 120 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus,rodimus_plus --steps 4 --warmup 2 \
   --seq-len 8192 --micro-batch 2 --json "$OUT/bench_train_8k.json"
 step train8k 60 python3 benchmarks/bench_train.py --models llama --steps 4 --warmup 2 --seq-len 8192 --micro-batch 2 \
