@@ -33,7 +33,7 @@ class _RecomputeThenProject(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, proj_w, *inputs):
         dev = proj_w.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else proj_w.dtype
+        dtype = _run_dtype(proj_w, proj_w)
         with torch.no_grad(), torch.autocast(dev, enabled=False):
             out = F.linear(fn(*inputs).to(dtype), proj_w.to(dtype))
         ctx.save_for_backward(proj_w, *inputs)
@@ -71,6 +71,7 @@ def low_rank_gate(x: torch.Tensor, down: nn.Linear, up: nn.Linear, backend: str)
 
 
 def _run_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would run a GEMM of w on x's device in (w's own dtype without autocast)."""
     dev = x.device.type
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
 
