@@ -25,6 +25,12 @@ def capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+def seq_index(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Document index of every packed position: [T] long."""
+    pos = torch.arange(total, device=cu_seqlens.device)
+    return torch.searchsorted(cu_seqlens[1:].long(), pos, right=True)
+
+
 def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> int:
     """Validate offsets [0, ..., total] (non-decreasing, 1-D integers); return the document count N."""
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
@@ -71,6 +77,16 @@ def derived(cu_seqlens: torch.Tensor, key: tuple, fn: Callable[[], _T]) -> _T:
     if k not in memo:
         memo[k] = (cu_seqlens, fn())  # holds cu_seqlens so its id is not reused within the block
     return memo[k][1]
+
+
+def document_starts(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """int32 [total]: the first row of each packed row's document (shared inside :func:`shared_derived`)."""
+
+    def make():
+        cu = cu_seqlens.to(device)
+        return cu[seq_index(cu, total)].to(torch.int32).contiguous()
+
+    return derived(cu_seqlens, ("doc_start", total, device), make)
 
 
 def pad_cu_seqlens(cu_seqlens: torch.Tensor, n_docs: int) -> torch.Tensor | None:

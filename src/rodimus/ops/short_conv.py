@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rodimus.ops.ddts.common import acc_dtype, seq_index
+from rodimus.ops.ddts.common import acc_dtype
+from rodimus.ops.packing import seq_index
 
 _ACTIVATIONS = {"silu": F.silu, None: lambda x: x}
 

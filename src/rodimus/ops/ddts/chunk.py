@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rodimus.ops.ddts.common import acc_dtype, check_ddts_inputs, ddts_gates, seq_index
+from rodimus.ops.ddts.common import acc_dtype, check_ddts_inputs, ddts_gates
+from rodimus.ops.packing import seq_index
 
 
 def ddts_chunk(

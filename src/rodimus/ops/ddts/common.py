@@ -62,9 +62,3 @@ def ddts_gates(
     kf = k.to(acc)
     k_hat = kf * torch.rsqrt(kf.pow(2).sum(-1, keepdim=True) + eps)
     return log_alpha, k_hat * beta
-
-
-def seq_index(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """Document index of every packed position: [T] long."""
-    pos = torch.arange(total, device=cu_seqlens.device)
-    return torch.searchsorted(cu_seqlens[1:].long(), pos, right=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from rodimus.ops.ddts.common import acc_dtype, seq_index
+from rodimus.ops.ddts.common import acc_dtype
+from rodimus.ops.packing import seq_index
 from rodimus.ops.swska.common import band_mask, check_swska_inputs, masked_softmax
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rodimus.ops.ddts.common import seq_index
-from rodimus.ops.packing import derived
+from rodimus.ops.packing import derived, document_starts
 from rodimus.ops.short_conv import _check, short_conv
 from rodimus.ops.triton import short_conv_kernels as kern
 from rodimus.ops.triton._common import next_pow2
@@ -46,8 +45,7 @@ def _positions(cu_seqlens: torch.Tensor, T: int, device) -> torch.Tensor:
     """int32 [T]: each packed row's position inside its document."""
 
     def make():
-        cu = cu_seqlens.to(device)
-        return (torch.arange(T, device=device) - cu[seq_index(cu, T)]).to(torch.int32).contiguous()
+        return (torch.arange(T, device=device) - document_starts(cu_seqlens, T, device)).to(torch.int32)
 
     return derived(cu_seqlens, ("conv_pos", T, device), make)
 

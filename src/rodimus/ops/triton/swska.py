@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rodimus.ops.ddts.common import seq_index
-from rodimus.ops.packing import derived
+from rodimus.ops.packing import document_starts
 from rodimus.ops.swska.blocked import swska_blocked
 from rodimus.ops.swska.common import check_swska_inputs
 from rodimus.ops.triton import swska_kernels as kern
@@ -37,12 +36,7 @@ def _meta(q, k, v, key_mask, cu_seqlens):
     km = key_mask.to(device=q.device, dtype=torch.int8).contiguous() if key_mask is not None else None
     dstart = None
     if cu_seqlens is not None:
-
-        def make():
-            cu = cu_seqlens.to(q.device)
-            return cu[seq_index(cu, T)].to(torch.int32).contiguous()
-
-        dstart = derived(cu_seqlens, ("doc_start", T, q.device), make)
+        dstart = document_starts(cu_seqlens, T, q.device)
     return B, T, H, D, S, v.shape[-1], km, dstart
 
 
