@@ -10,13 +10,16 @@ from rodimus.ops.packing import check_cu_seqlens, derived, pad_cu_seqlens, share
 
 def test_check_remembers_a_valid_tensor_until_it_changes():
     cu = torch.tensor([0, 3, 5])
-    assert check_cu_seqlens(cu, 5) == 2
-    assert check_cu_seqlens(cu, 5) == 2  # remembered: no second read of the values
-    with pytest.raises(ValueError, match="rise from 0 to T=6"):
-        check_cu_seqlens(cu, 6)  # another total is checked afresh
-    cu[1] = 7  # an in-place change bumps the version: checked again
+    with shared_derived():  # a model forward
+        assert check_cu_seqlens(cu, 5) == 2
+        assert check_cu_seqlens(cu, 5) == 2  # remembered: no second read of the values
+        with pytest.raises(ValueError, match="rise from 0 to T=6"):
+            check_cu_seqlens(cu, 6)  # another total is checked afresh
+        cu[1] = 7  # an in-place change bumps the version: checked again
+        with pytest.raises(ValueError, match="rise from 0 to T=5"):
+            check_cu_seqlens(cu, 5)
     with pytest.raises(ValueError, match="rise from 0 to T=5"):
-        check_cu_seqlens(cu, 5)
+        check_cu_seqlens(cu, 5)  # outside a forward every call checks
     with pytest.raises(ValueError, match="1-D integer"):
         check_cu_seqlens(torch.tensor([0.0, 5.0]), 5)
 

@@ -132,12 +132,13 @@ class RodimusModel(RodimusPreTrainedModel):
             cache = DynamicCache(config=self.config)
         if not use_cache:
             cache = None
-        attention_mask = self._check_inputs(attention_mask, cu_seqlens, cache, B, T)
         if position_ids is not None and (position_ids.dim() != 2 or tuple(position_ids.shape) != (B, T)):
             raise ValueError(f"position_ids must be [B, T] = {(B, T)}, got {tuple(position_ids.shape)}")
 
         hidden = [] if output_hidden_states else None
-        with shared_derived():  # the layers' ops derive their document indices from cu_seqlens once
+        # cu_seqlens is checked once here and the layers' ops derive their document indices from it once
+        with shared_derived():
+            attention_mask = self._check_inputs(attention_mask, cu_seqlens, cache, B, T)
             for layer in self.layers:
                 if hidden is not None:
                     hidden.append(x)
@@ -181,7 +182,7 @@ class RodimusModel(RodimusPreTrainedModel):
                 raise ValueError(f"cu_seqlens needs a packed batch of one row, got batch size {B}")
             if attention_mask is not None:
                 raise ValueError("pass either cu_seqlens (packing) or attention_mask (padding), not both")
-            check_cu_seqlens(cu_seqlens, T)  # once here; every layer's op then finds it checked
+            check_cu_seqlens(cu_seqlens, T)  # once per forward: every layer's op then finds it checked
         if attention_mask is None:
             return None
         width_ok = attention_mask.shape[-1] in (T, past + T) if past is not None else attention_mask.shape[-1] >= T

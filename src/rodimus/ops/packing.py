@@ -1,10 +1,10 @@
 """cu_seqlens, the packed-documents offsets every op takes: one validity check, index tensors derived
 once per forward, and fixed-size padding.
 
-The check reads the offsets' values, which on a GPU is a host sync; a model forward checks the same
-tensor once and every layer's op then finds it already checked (one sync per forward instead of one per
-layer). Under CUDA-graph capture no value can be read, so the check is skipped there: the captured
-step replays on batches the trainer built itself.
+The check reads the offsets' values, which on a GPU is a host sync. Inside :func:`shared_derived` (a model
+forward) each tensor is checked once and every layer's op then finds it checked (one sync per forward,
+not one per layer). Under CUDA-graph capture no value can be read, so the check is skipped there: the
+captured step replays on batches the trainer built itself.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ from contextvars import ContextVar
 from typing import TypeVar
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
-
-_checked = WeakIdKeyDictionary()  # tensor (by identity) -> (its _version, total) when last found valid
 
 
 def capturing() -> bool:
@@ -35,15 +32,16 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> int:
     """Validate offsets [0, ..., total] (non-decreasing, 1-D integers); return the document count N."""
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or cu_seqlens.dtype not in (torch.int32, torch.int64):
         raise ValueError("cu_seqlens must be a 1-D integer tensor [0, ..., T] of length N + 1 >= 2")
-    n = cu_seqlens.numel() - 1
-    key = (cu_seqlens._version, total)
-    if capturing() or _checked.get(cu_seqlens) == key:
-        return n
+    if not capturing():
+        derived(cu_seqlens, ("checked", total), lambda: _check_values(cu_seqlens, total))
+    return cu_seqlens.numel() - 1
+
+
+def _check_values(cu_seqlens: torch.Tensor, total: int) -> bool:
     bad = (cu_seqlens[0] != 0) | (cu_seqlens[-1] != total) | (cu_seqlens.diff() < 0).any()
     if bool(bad):
         raise ValueError(f"cu_seqlens must rise from 0 to T={total}, got {cu_seqlens.tolist()}")
-    _checked[cu_seqlens] = key
-    return n
+    return True
 
 
 _T = TypeVar("_T")
@@ -65,7 +63,8 @@ def shared_derived() -> Iterator[None]:
 
 
 def derived(cu_seqlens: torch.Tensor, key: tuple, fn: Callable[[], _T]) -> _T:
-    """``fn()`` (a tensor-valued function of cu_seqlens and ``key``), shared inside :func:`shared_derived`.
+    """``fn()`` (a function of cu_seqlens and ``key``), computed once per tensor version inside
+    :func:`shared_derived` (a raising ``fn`` stores nothing).
 
     Every layer's ops derive the same per-row document indices from the same offsets; sharing them saves
     ~25 small kernels per layer.
