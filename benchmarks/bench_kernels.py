@@ -203,36 +203,34 @@ def sweep_ddts(B, T, deadline, K=64, V=4096):
     shape = f"B{B} T{T} H1 K{K} V{V} bf16"
     xs = ddts_inputs(B, T, K, V)
     keep = {k: dict(v) for k, v in tri.LAUNCH.items()}
-    fwd_cfgs = [dict(BV=bv, num_warps=w, num_stages=1) for bv in (64, 128) for w in (4, 8)]
-    fwd_cfgs += [  # the state walk + chunk-parallel output
+
+    def sweep(entry, group, cfgs, fn, warmup, rep):
+        for cfg in cfgs:
+            if time.time() > deadline:
+                break
+            tri.LAUNCH[entry] = cfg
+            try:
+                record(group, str(cfg), shape, bench(fn, warmup, rep))
+            except OutOfResources as e:  # too large a tile for this card's shared memory
+                print(f"skip {cfg}: {e}")
+        tri.LAUNCH[entry] = keep[entry]
+
+    def forward():
+        with torch.no_grad():
+            tri.ddts_triton(*xs, chunk_size=64)
+
+    walks = [dict(BV=bv, num_warps=w, num_stages=1) for bv in (64, 128) for w in (4, 8)]
+    fwd_split = [  # the state walk + chunk-parallel output
         dict(BV=bv, num_warps=4, num_stages=1, split=True, BV_chunk=bc) for bv, bc in ((64, 64), (128, 64), (128, 128))
     ]
-    for cfg in fwd_cfgs:
-        if time.time() > deadline:
-            break
-        tri.LAUNCH["fwd"] = cfg
-        with torch.no_grad():
-            try:
-                record("sweep_fwd", str(cfg), shape, bench(lambda: tri.ddts_triton(*xs, chunk_size=64), 5, 30))
-            except OutOfResources as e:
-                print(f"skip {cfg}: {e}")
-    tri.LAUNCH["fwd"] = keep["fwd"]
-    bwd_cfgs = [dict(BV=bv, num_warps=w, num_stages=1) for bv in (64, 128) for w in (4, 8)]
-    bwd_cfgs += [  # the chunk-parallel backward
+    sweep("fwd", "sweep_fwd", walks + fwd_split, forward, 5, 30)
+    bwd_split = [  # the chunk-parallel backward, 4 warps per _bwd_chunk program, then 8 for two of them
         dict(BV=bv, num_warps=4, num_stages=1, split=True, BV_chunk=bc, slices=ns)
         for bv, bc, ns in ((64, 64, 4), (64, 64, 8), (64, 64, 16), (64, 32, 8), (64, 32, 16), (128, 64, 8))
     ]
-    bwd_cfgs += [dict(bwd_cfgs[-5], chunk_warps=8), dict(bwd_cfgs[-4], chunk_warps=8)]  # 8-warp _bwd_chunk
-    for cfg in bwd_cfgs:
-        if time.time() > deadline:
-            break
-        tri.LAUNCH["bwd_state"] = cfg
-        fn = fwd_bwd(lambda *a: tri.ddts_triton(*a, chunk_size=64), xs)
-        try:
-            record("sweep_fwd_bwd", str(cfg), shape, bench(fn, 3, 20))
-        except OutOfResources as e:  # too large a tile for this card's shared memory
-            print(f"skip {cfg}: {e}")
-    tri.LAUNCH.update(keep)
+    bwd_split += [dict(cfg, chunk_warps=8) for cfg in bwd_split[1:3]]
+    fwd_and_bwd = fwd_bwd(lambda *a: tri.ddts_triton(*a, chunk_size=64), xs)
+    sweep("bwd_state", "sweep_fwd_bwd", walks + bwd_split, fwd_and_bwd, 3, 20)
 
 
 def limit_fla_autotune(n: int) -> None:
