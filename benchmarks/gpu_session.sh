@@ -20,7 +20,7 @@ step() {
   echo "=== $name $* ($(date -u +%FT%TZ))" | tee -a "$LOG"
   timeout "$limit" "$@" 2>&1 | grep -v -i -E "warn|Loading weights|it/s]" | tee -a "$LOG"
 }
-step gpu_tests 300 python3 -m pytest -q -p no:cacheprovider tests/ops tests/models/test_triton_model.py \
+step gpu_tests 480 python3 -m pytest -q -p no:cacheprovider tests/ops tests/models/test_triton_model.py \
   tests/models/test_static_decode.py tests/train/test_cuda_graphs.py
 step check_model 150 python3 benchmarks/check_gpu_model.py --fixtures "$FIX"
 step sweep 200 python3 benchmarks/bench_kernels.py --quick --only sweep --budget 180 --json "$OUT/sweep.json"

@@ -3,10 +3,18 @@
 One read and one write of x per direction, angles formed in float32 in the kernel; the torch form makes
 ~8 float32 passes (cast, halves, products, concatenation) each way. The backward is the same kernel
 rotating by the negative angle.
+
+The angle is reduced to [-pi, pi] before ``tl.cos``/``tl.sin``: on NVIDIA those lower to the approximate
+``cos.approx.f32``, whose error grows with the argument (positions past ~10K gave wrong rotations). The
+reduction subtracts n * 2*pi in two fused multiply-adds (2*pi split into a float32 head and tail), exact to
+~1e-7 for any position a float32 angle can hold.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -14,10 +22,13 @@ import triton.language as tl
 from rodimus.ops.rotary import check_rotary_inputs, rotary
 from rodimus.ops.triton._common import head_rows_view
 
+_TWO_PI_HI = float(np.float32(2 * math.pi))
+_TWO_PI_LO = float(np.float32(2 * math.pi - _TWO_PI_HI))
+
 
 @triton.jit
 def _rotate(X, Y, POS, FREQ, HEADS, T, pos_stride, sx, SIGN: tl.constexpr, HALF: tl.constexpr,
-            BH: tl.constexpr, BF: tl.constexpr):
+            BH: tl.constexpr, BF: tl.constexpr, PI2_HI: tl.constexpr, PI2_LO: tl.constexpr):
     # one program: one row (b, t) and BH heads; POS is [B or 1, T] with row stride pos_stride; X's rows are
     # sx apart (a column slice of a fused q/k/v projection is read in place), Y is contiguous
     row = tl.program_id(0).to(tl.int64)
@@ -26,6 +37,8 @@ def _rotate(X, Y, POS, FREQ, HEADS, T, pos_stride, sx, SIGN: tl.constexpr, HALF:
     fm = f < HALF
     pos = tl.load(POS + (row // T) * pos_stride + row % T).to(tl.float32)
     ang = pos * tl.load(FREQ + f, mask=fm, other=0.0)
+    turns = tl.floor(ang * (1.0 / PI2_HI) + 0.5)
+    ang = tl.fma(-turns, PI2_LO, tl.fma(-turns, PI2_HI, ang))
     c = tl.cos(ang)[None, :]
     s = tl.sin(ang)[None, :] * SIGN
     m = (heads < HEADS)[:, None] & fm[None, :]
@@ -46,7 +59,7 @@ def _launch(x: torch.Tensor, pos: torch.Tensor, freq: torch.Tensor, sign: float)
         BH = max(1, min(triton.next_power_of_2(heads), 2048 // BF))
         _rotate[(B * T, triton.cdiv(heads, BH))](
             xr, y, pos, freq, heads, T, pos.stride(0) if pos.shape[0] > 1 else 0, xr.stride(0),
-            SIGN=sign, HALF=D // 2, BH=BH, BF=BF, num_warps=4,
+            SIGN=sign, HALF=D // 2, BH=BH, BF=BF, PI2_HI=_TWO_PI_HI, PI2_LO=_TWO_PI_LO, num_warps=4,
         )  # fmt: skip
     return y
 
