@@ -82,11 +82,7 @@ def bench_ddts(B, T, bw, tflops, deadline):
     K, V = 64, 4096
     shape = f"B{B} T{T} H1 K{K} V{V} bf16"
     xs = ddts_inputs(B, T, K, V)
-    forms = {
-        "triton": lambda *a: ddts_triton(*a, chunk_size=64),
-        "triton_c32": lambda *a: ddts_triton(*a, chunk_size=32),
-        "torch_chunk": lambda *a: ddts_chunk(*a, chunk_size=64),
-    }
+    forms = {"triton": lambda *a: ddts_triton(*a, chunk_size=64)}  # fla next: the budget may cut the tail
     try:
         if NO_FLA:
             raise ImportError("skipped with --no-fla")
@@ -101,6 +97,8 @@ def bench_ddts(B, T, bw, tflops, deadline):
         forms["fla_chunk_gla"] = fla_path
     except Exception as e:  # noqa: BLE001
         print(f"fla-core unavailable: {e!r}")
+    forms["torch_chunk"] = lambda *a: ddts_chunk(*a, chunk_size=64)
+    forms["triton_c32"] = lambda *a: ddts_triton(*a, chunk_size=32)
     from rodimus.ops.triton import ddts as tri
 
     flat = [x.detach().reshape(B * T, 1, -1) for x in (xs[0], xs[1], xs[3], xs[4])]

@@ -9,7 +9,7 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, *, rel
     """Fail, naming ``name``, if ``actual`` has NaN/inf, a different shape, a relative RMS error above
     ``rel`` (||a - e|| / ||e||), or (when ``atol`` is given) an element off by more than ``atol``."""
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    a, e = actual.detach().double(), expected.detach().double()
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
     assert torch.isfinite(a).all(), f"{name}: contains NaN/inf"
     err = (a - e).norm() / e.norm().clamp_min(1e-30)
     amax = (a - e).abs().max().item() if a.numel() else 0.0
