@@ -39,6 +39,24 @@ def test_static_steps_equal_full_forward(cfg, B):
     assert_close("after re-prefill", _decode_logits(dec, ids, 9), full[:, 8:], rel=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("cfg", MODELS[:3])
+@torch.no_grad()
+def test_triton_step_equals_full_forward(cfg):
+    """The step's Triton path (the CUDA default: DDTS step, gated norm, act(a)*x kernels) forced on
+    the CPU, where the kernels run under the interpreter, against the torch full forward."""
+    pytest.importorskip("triton", reason="the triton extra is not installed (pip install -e .[triton])")
+    model = harness.build(harness.tiny_config(**cfg))
+    ids = harness.rand_ids(model.config, 2, 16)
+    full = model(ids, use_cache=False).logits
+    model.config.kernel_backend = "triton"
+    dec = StaticDecoder(model, 2, use_cuda_graph=False)
+    assert dec._triton
+    try:
+        assert_close("triton static decode", _decode_logits(dec, ids, 5), full[:, 4:], rel=1e-5, atol=1e-4)
+    finally:
+        model.config.kernel_backend = "auto"
+
+
 @pytest.mark.parametrize("cfg", MODELS[1:3])
 @torch.no_grad()
 def test_fused_qkv_equals_full_forward(cfg):

@@ -67,12 +67,13 @@ class StaticDecoder:
         self.vocab_size = cfg.vocab_size
         self.is_plus = cfg.block_type == "rodimus_plus"
         self.residual_in_fp32 = cfg.residual_in_fp32
-        self._triton_ddts = False
-        if self.device.type == "cuda" and resolve_backend(cfg.kernel_backend, "cuda") == "triton":
-            from rodimus.ops.triton import ddts_decode_
+        # the Triton kernels (DDTS step, gated norm, act(a)*x): the CUDA default; forced on a CPU they
+        # run under the interpreter (tests)
+        self._triton = resolve_backend(cfg.kernel_backend, self.device.type) == "triton"
+        if self._triton:
+            from rodimus.ops import triton as kernels
 
-            self._ddts_decode_ = ddts_decode_
-            self._triton_ddts = True
+            self._kernels = kernels
 
         m = cfg.mixer_settings
         di, n, W = m["d_inner"], m["mem_size"], m["d_conv"]
@@ -270,7 +271,7 @@ class StaticDecoder:
         a = self._attention(i, layer.attn, _rms(r, p["attn_norm"], layer.attn_norm.eps).to(dtype), rope)
         ffn = layer.ffn
         val, gate = ffn.fc(_rms(r + a, p["ffn_norm"], layer.ffn_norm.eps).to(dtype)).split(ffn.hidden, dim=-1)
-        return r + ffn.out_proj(F.silu(gate) * val)
+        return r + ffn.out_proj(self._gate_mul(gate, val, "silu"))
 
     def _mixer(self, i: int, mixer, hn: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
         inner = mixer.inner_mixer
@@ -287,23 +288,32 @@ class StaticDecoder:
             y = (window * p["conv_w"]).sum(-1) + p["conv_b"]
         xcf = F.silu(y)
         xc = xcf.to(x.dtype)
-        u = torch.sigmoid(inner.ch_gate_proj(x)) * x
+        u = self._gate_mul(inner.ch_gate_proj(x), x, "sigmoid")
         q, k = inner.in_proj(xc).split(n, dim=-1)
         g_pre, tau_pre = F.linear(xcf, p["gate_w"], p["gate_b"]).split(n, dim=-1)
         state = self.rec_state[i]
         scale = n**-0.5
-        if self._triton_ddts:
-            o = self._ddts_decode_(q.view(B, 1, 1, n), k.view(B, 1, 1, n), u.view(B, 1, 1, di),
-                                   g_pre.view(B, 1, 1, n), tau_pre.view(B, 1, 1, n), state, scale=scale,
-                                   eps=inner.eps).view(B, di)
-        else:  # the recurrent form's one-token math, in place
-            log_a, kb = ddts_gates(k, g_pre, tau_pre, inner.eps)  # [B, n] float32
-            state.mul_(log_a.exp()[:, None, :, None]).add_(kb[:, None, :, None] * u.float()[:, None, None, :])
-            o = torch.matmul((q.float() * scale)[:, None, None, :], state).view(B, di).to(u.dtype)
-        o = torch.addcmul(o, xcf, p["residual"])  # o + x' * D in float32
         act = mixer.act_norm
+        if self._triton:  # one kernel each for the DDTS step and for norm((o + D x') * silu(gate))
+            o = self._kernels.ddts_decode_(q.view(B, 1, 1, n), k.view(B, 1, 1, n), u.view(B, 1, 1, di),
+                                           g_pre.view(B, 1, 1, n), tau_pre.view(B, 1, 1, n), state, scale=scale,
+                                           eps=inner.eps).view(B, di)
+            y = self._kernels.gated_rms_norm_triton(o, gate, p["act_norm"], act.eps, skip_x=xcf,
+                                                    skip_weight=p["residual"])
+            return mixer.out_proj(y)
+        # the recurrent form's one-token math, in place
+        log_a, kb = ddts_gates(k, g_pre, tau_pre, inner.eps)  # [B, n] float32
+        state.mul_(log_a.exp()[:, None, :, None]).add_(kb[:, None, :, None] * u.float()[:, None, None, :])
+        o = torch.matmul((q.float() * scale)[:, None, None, :], state).view(B, di).to(u.dtype)
+        o = torch.addcmul(o, xcf, p["residual"])  # o + x' * D in float32
         y = _rms(o * F.silu(gate.float()), p["act_norm"], act.eps).to(x.dtype)
         return mixer.out_proj(y)
+
+    def _gate_mul(self, a: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
+        """act(a) * x: one kernel on the Triton path."""
+        if self._triton:
+            return self._kernels.gate_mul_triton(a, x, activation)
+        return (torch.sigmoid(a) if activation == "sigmoid" else F.silu(a)) * x
 
     def _attention(self, i: int, attn, an: torch.Tensor, rope) -> torch.Tensor:
         slot, bias, cos2, sin2 = rope

@@ -154,3 +154,77 @@ def _bwd(x, w, bias, h0, pos, dy, dx, dwp, dbp, dh0, scr, T, D, STEPS, sxb, sxt,
     tl.store(dwp + prog * WP * D + rw[:, None] * D + rd[None, :], dw_acc, mask=(rw[:, None] < W) & md[None, :])
     if HAS_BIAS:
         tl.store(dbp + prog * D + rd, db_acc, mask=md)
+
+
+@triton.jit
+def _bwd_dpre(x, w, bias, h0, pos, dy, dpre, dwp, dbp, dh0, T, D, STEPS, sxb, sxt, sgb, sgt, shb, sht,
+              W: tl.constexpr, WP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
+              HAS_INIT: tl.constexpr, DH0: tl.constexpr, PACKED: tl.constexpr, SILU: tl.constexpr):
+    """Two-pass backward, pass 1: dpre = dy * act'(pre) written to ``dpre`` [B, T, D] (x's dtype), and the
+    partial sums of dweight / dbias / d h0 as in ``_bwd``. Tiles own all their rows (no halo), and there
+    is no scratch and no block barrier: pass 2 (``_bwd_dx``) shifts dpre through HBM/L2 instead.
+    """
+    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rd = pid_d * BD + tl.arange(0, BD)
+    md = rd < D
+    rw = tl.arange(0, WP)
+    jj = tl.arange(0, BT)
+    dw_acc = tl.zeros([WP, BD], dtype=tl.float32)
+    db_acc = tl.zeros([BD], dtype=tl.float32)
+    for step in range(STEPS):
+        tile = pid_t * STEPS + step
+        t0 = tile * BT
+        rt = t0 + jj
+        mt = rt < T
+        if PACKED:
+            pos_t = tl.load(pos + rt, mask=mt, other=0)
+        else:
+            pos_t = rt
+        pre = _pre(x, w, bias, h0, b, t0, rt, pos_t, mt, rd, md, sxb, sxt, shb, sht, W, BT, BD, HAS_BIAS,
+                   HAS_INIT, PACKED)
+        gp = dy + b.to(tl.int64) * sgb + rt.to(tl.int64)[:, None] * sgt + rd[None, :]
+        g = tl.load(gp, mask=mt[:, None] & md[None, :], other=0.0).to(tl.float32)  # 0 past T
+        if SILU:
+            sg = sigmoid(pre)
+            g = g * sg * (1.0 + pre * (1.0 - sg))
+        ptr = dpre + b.to(tl.int64) * T * D + rt.to(tl.int64)[:, None] * D + rd[None, :]
+        tl.store(ptr, g.to(dpre.dtype.element_ty), mask=mt[:, None] & md[None, :])
+        for i in tl.static_range(W):
+            xv = _tap(x, h0, b, t0, rt, pos_t, mt, rd, md, sxb, sxt, shb, sht, W - 1 - i, W, HAS_INIT, PACKED)
+            dw_acc += tl.where(rw[:, None] == i, tl.sum(g * xv, axis=0)[None, :], 0.0)
+        if HAS_BIAS:
+            db_acc += tl.sum(g, axis=0)
+        if DH0:  # noqa: SIM102  (a constexpr branch around a runtime one)
+            if tile == 0:
+                for j in tl.static_range(W - 1):
+                    dj = tl.zeros([BD], dtype=tl.float32)
+                    for t in tl.static_range(j + 1):
+                        row = tl.sum(tl.where((rt == t)[:, None], g, 0.0), axis=0)
+                        dj += row * tl.load(w + rd * W + (j - t), mask=md, other=0.0).to(tl.float32)
+                    tl.store(dh0 + (b * (W - 1) + j).to(tl.int64) * D + rd, dj, mask=md)
+    prog = (b * tl.num_programs(0) + pid_t).to(tl.int64)
+    tl.store(dwp + prog * WP * D + rw[:, None] * D + rd[None, :], dw_acc, mask=(rw[:, None] < W) & md[None, :])
+    if HAS_BIAS:
+        tl.store(dbp + prog * D + rd, db_acc, mask=md)
+
+
+@triton.jit
+def _bwd_dx(dpre, w, pos, dx, T, D, W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, PACKED: tl.constexpr):
+    """Two-pass backward, pass 2: dx_t = sum_l w[W-1-l] dpre_{t+l} over rows of t's own document."""
+    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    rt = pid_t * BT + tl.arange(0, BT)
+    rd = pid_d * BD + tl.arange(0, BD)
+    mt, md = rt < T, rd < D
+    base = b.to(tl.int64) * T * D
+    acc = tl.zeros([BT, BD], dtype=tl.float32)
+    for l in tl.static_range(W):
+        src = rt + l
+        m = src < T
+        if PACKED and l > 0:  # row s feeds row s - l only inside its own document
+            m = m & (tl.load(pos + src, mask=m, other=0) >= l)
+        wl = tl.load(w + rd * W + (W - 1 - l), mask=md, other=0.0).to(tl.float32)
+        v = tl.load(dpre + base + src.to(tl.int64)[:, None] * D + rd[None, :], mask=m[:, None] & md[None, :],
+                    other=0.0)
+        acc += v.to(tl.float32) * wl[None, :]
+    tl.store(dx + base + rt.to(tl.int64)[:, None] * D + rd[None, :], acc.to(dx.dtype.element_ty),
+             mask=mt[:, None] & md[None, :])
