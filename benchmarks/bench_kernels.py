@@ -165,31 +165,21 @@ def bench_fused(B, T, D=4096):
     from rodimus.ops.rotary import rotary
     from rodimus.ops.short_conv import short_conv
     from rodimus.ops.triton import gate_mul_triton, gated_rms_norm_triton, rotary_triton, short_conv_triton
-    from rodimus.ops.triton import short_conv as sc_mod
 
     g = torch.Generator(device="cuda").manual_seed(0)
 
     def r(*s, dtype=torch.bfloat16):
         return torch.randn(*s, device="cuda", dtype=dtype, generator=g).requires_grad_()
 
-    def conv(form, **kw):  # the backward form is read when backward runs, right after this forward
-        def run(*a):
-            sc_mod.BWD_FORM = form
-            return short_conv_triton(*a, **kw)[0]
-
-        return run
-
-    default_form = sc_mod.BWD_FORM
     shape = f"B{B} T{T} D{D} bf16"
     conv_in = (r(B, T, D), r(D, 4, dtype=torch.float32), r(D, dtype=torch.float32))
-    bench_forms("short_conv", shape, {"triton": conv("two_pass"), "triton_fused_bwd": conv("fused"),
+    bench_forms("short_conv", shape, {"triton": lambda *a: short_conv_triton(*a)[0],
                                       "torch": lambda *a: short_conv(*a)[0]}, conv_in)
     cu = torch.linspace(0, B * T, 9, device="cuda").long()  # 8 packed documents
     packed = tuple(x.reshape(1, B * T, D).detach().requires_grad_() if i == 0 else x for i, x in enumerate(conv_in))
     bench_forms("short_conv", f"packed 1x{B * T} 8 docs D{D} bf16",
-                {"triton": conv("two_pass", cu_seqlens=cu), "triton_fused_bwd": conv("fused", cu_seqlens=cu),
+                {"triton": lambda *a: short_conv_triton(*a, cu_seqlens=cu)[0],
                  "torch": lambda *a: short_conv(*a, cu_seqlens=cu)[0]}, packed)
-    sc_mod.BWD_FORM = default_form
     norm_in = (r(B, T, D), r(B, T, D), r(D, dtype=torch.float32), r(B, T, D), r(D, dtype=torch.float32))
     bench_forms("gated_norm", shape, {
         "triton": lambda o, gt, w, x, d: gated_rms_norm_triton(o, gt, w, 1e-5, skip_x=x, skip_weight=d),

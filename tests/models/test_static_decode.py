@@ -42,11 +42,12 @@ def test_static_steps_equal_full_forward(cfg, B):
 @pytest.mark.parametrize("cfg", MODELS[:3])
 @torch.no_grad()
 def test_triton_step_equals_full_forward(cfg):
-    """The step's Triton path (the CUDA default: DDTS step, gated norm, act(a)*x kernels) forced on
-    the CPU, where the kernels run under the interpreter, against the torch full forward."""
+    """The step's Triton path (DDTS step, gated norm, act(a)*x kernels; the CUDA default) in float32
+    against the torch full forward; on a CPU the kernels run under the interpreter."""
     pytest.importorskip("triton", reason="the triton extra is not installed (pip install -e .[triton])")
-    model = harness.build(harness.tiny_config(**cfg))
-    ids = harness.rand_ids(model.config, 2, 16)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = harness.build(harness.tiny_config(**cfg)).to(dev)
+    ids = harness.rand_ids(model.config, 2, 16).to(dev)
     full = model(ids, use_cache=False).logits
     model.config.kernel_backend = "triton"
     dec = StaticDecoder(model, 2, use_cuda_graph=False)

@@ -75,19 +75,12 @@ def _check_against_reference(B, T, D, W, dtype, init, bias, act, cu):
             _close(name, a.grad, r.grad, rel=tol)
 
 
-@pytest.fixture(params=["two_pass", "fused"])
-def bwd_form(request, monkeypatch):
-    """Both backward forms (rodimus.ops.triton.short_conv.BWD_FORM)."""
-    monkeypatch.setattr(sc_mod, "BWD_FORM", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("B,T,D,W,dtype,init,bias,act,cu", CASES)
-def test_forward_and_every_gradient(B, T, D, W, dtype, init, bias, act, cu, bwd_form):
+def test_forward_and_every_gradient(B, T, D, W, dtype, init, bias, act, cu):
     _check_against_reference(B, T, D, W, dtype, init, bias, act, cu)
 
 
-def test_backward_with_several_row_tiles_per_program(monkeypatch, bwd_form):
+def test_backward_with_several_row_tiles_per_program(monkeypatch):
     """The backward merges row tiles per program on big inputs; force that path on small ones."""
     monkeypatch.setattr(sc_mod, "_bwd_steps", lambda n_tiles, n_other: 2)
     _check_against_reference(2, 150, 40, 4, torch.float32, True, True, "silu", None)

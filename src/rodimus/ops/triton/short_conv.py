@@ -16,11 +16,8 @@ from rodimus.ops.triton import short_conv_kernels as kern
 from rodimus.ops.triton._common import next_pow2
 
 # (rows, max channels, warps) per program of each kernel
-_BLOCKS = {"fwd": (64, 128, 4), "bwd": (32, 64, 4), "dpre": (64, 64, 4), "dx": (64, 128, 4)}
-# "two_pass": dpre to HBM, then dx from it (no scratch, no barriers); "fused": one kernel shifting dpre
-# through a per-program scratch. Both are tested; the faster on an H200 stays (docs/BENCHMARKS.md).
-BWD_FORM = "two_pass"
-_TARGET_PROGRAMS = 4096  # backward: merge row tiles per program above this (smaller partials and scratch)
+_BLOCKS = {"fwd": (64, 128, 4), "dpre": (64, 64, 4), "dx": (64, 128, 4)}
+_TARGET_PROGRAMS = 4096  # backward: merge row tiles per program above this (smaller partial sums)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -34,9 +31,7 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
 
 def _blocks(kind: str, D: int, W: int) -> tuple[int, int, int]:
     bt, bd, warps = _BLOCKS[kind]
-    if kind == "bwd":  # a backward tile owns BT - (W-1) rows: keep at least half
-        bt = max(bt, next_pow2(2 * W, 16))
-    elif kind == "dpre":  # the first tile holds every row that d initial_state reads
+    if kind == "dpre":  # the first tile holds every row that d initial_state reads
         bt = max(bt, next_pow2(W, 16))
     return bt, min(bd, next_pow2(D, 16)), warps
 
@@ -124,30 +119,8 @@ class _ShortConvFunction(torch.autograd.Function):
             dx.zero_()
             dw = torch.zeros(D, W, **f32)
             db = torch.zeros(D, **f32) if bias is not None else None
-        elif BWD_FORM == "two_pass":
-            dw, db = _backward_two_pass(x, w, bias, h0t, pos, _row_major(dy), dx, dh0t, ctx.silu)
         else:
-            dy = _row_major(dy)
-            BT, BD, warps = _blocks("bwd", D, W)
-            n_tiles, n_d = _cdiv(T, BT - (W - 1)), _cdiv(D, BD)
-            steps = _bwd_steps(n_tiles, n_d * B)
-            n_prog = _cdiv(n_tiles, steps)
-            WP = next_pow2(W, 1)
-            dwp = torch.empty(n_prog * B, WP, D, **f32)
-            dbp = torch.empty(n_prog * B, D, **f32) if bias is not None else dwp
-            scratch = torch.empty(n_prog * n_d * B, BT, BD, **f32)  # one slot per program
-            dummy = w
-            kern._bwd[(n_prog, n_d, B)](
-                x, w, bias if bias is not None else dummy, h0t if h0t is not None else dummy,
-                pos if pos is not None else dummy, dy, dx, dwp, dbp, dh0t if dh0t is not None else dwp, scratch,
-                T, D, steps, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
-                *(h0t.stride()[:2] if h0t is not None else (0, 0)),
-                W=W, WP=WP, BT=BT, BD=BD, HAS_BIAS=bias is not None, HAS_INIT=h0t is not None,
-                DH0=want_dh0, PACKED=pos is not None, SILU=ctx.silu,
-                num_warps=warps,
-            )  # fmt: skip
-            dw = dwp[:, :W].sum(0).t()
-            db = dbp.sum(0) if bias is not None else None
+            dw, db = _backward(x, w, bias, h0t, pos, _row_major(dy), dx, dh0t, ctx.silu)
         dh0 = dh0t.transpose(1, 2) if dh0t is not None else None  # [B, D, W-1] view
         if dfinal is not None and W > 1:
             _add_final_grad(dfinal, dx, dh0, cu_seqlens, W)
@@ -161,7 +134,7 @@ class _ShortConvFunction(torch.autograd.Function):
         )
 
 
-def _backward_two_pass(x, w, bias, h0t, pos, dy, dx, dh0t, silu):
+def _backward(x, w, bias, h0t, pos, dy, dx, dh0t, silu):
     """Fill dx (and dh0t); return float32 dweight [D, W] and dbias (or None)."""
     B, T, D = x.shape
     W = w.shape[1]

@@ -7,11 +7,14 @@ row is inside the sequence (else it reads the carried state, or zero) and, for p
 when the row's position inside its document is at least ``lag`` (no reads across a document start).
 
 * ``_fwd``: y = act(bias + sum of taps), float32 accumulation.
-* ``_bwd``: recomputes the pre-activation (never stored by the forward) on overlapping row tiles,
-  dpre = dy * act'(pre), then dx_t = sum_l w[W-1-l] * dpre_{t+l} from dpre shifted through an
-  L2-resident scratch;
-  per-program partial sums of dweight and dbias (reduced in torch) and, in the program holding row
-  0, the gradient of the carried state.
+* ``_bwd_dpre``: recomputes the pre-activation (never stored by the forward), writes
+  dpre = dy * act'(pre) in x's dtype, and per-program partial sums of dweight and dbias (reduced in
+  torch) and, in the program holding row 0, the gradient of the carried state.
+* ``_bwd_dx``: dx_t = sum_l w[W-1-l] * dpre_{t+l}, reading dpre shifted like the forward reads x.
+  (An earlier single-kernel backward shifted dpre through a per-program L2 scratch with block barriers
+  between tiles: 1.58x slower fwd+bwd than these two passes on an H200, B8 T2048 D4096; see
+  docs/BENCHMARKS.md. Other tries: a 0/1-matrix shift on the tensor cores ~2x slower, re-reading dy/x
+  per shift ~3x slower.)
 """
 
 from __future__ import annotations
@@ -79,90 +82,15 @@ def _fwd(x, w, bias, h0, pos, y, T, D, sxb, sxt, syb, syt, shb, sht,
 
 
 @triton.jit
-def _bwd(x, w, bias, h0, pos, dy, dx, dwp, dbp, dh0, scr, T, D, STEPS, sxb, sxt, sgb, sgt, shb, sht,
-         W: tl.constexpr, WP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
-         HAS_INIT: tl.constexpr, DH0: tl.constexpr, PACKED: tl.constexpr, SILU: tl.constexpr):
-    """One program: STEPS consecutive row tiles of one (channel block, batch row).
-
-    A tile covers BT rows but owns only its first ST = BT - (W-1) (the next tile starts there): the
-    last W-1 rows are the halo that dx_t = sum_l w[W-1-l] dpre_{t+l} reads. dpre is computed once per
-    row (x loaded W times, shifted, from L1/L2); Triton has no register row shift, so it goes through
-    this program's own slot of the float32 scratch ``scr`` [programs, BT, BD] (a few MB reused by
-    every tile, so it stays in L2) and comes back shifted by l rows. (A 0/1-matrix product on the
-    tensor cores did the same about 2x slower on an H200, re-reading dy/x per shift 3x slower.)
-    dweight is reduced over each tile's rows into a [WP, BD] accumulator. (Keeping per-row [WP, BT, BD]
-    accumulators until the program ends was ~1.3x faster for W = 4 on an H200, but failed the
-    reference test there at W = 3 with the cause not isolated, so it was dropped.)
-    dx is [B, T, D] contiguous; dwp [n_prog_t * B, WP, D] and dbp [n_prog_t * B, D] take this
-    program's float32 partial sums; dh0 [B, W-1, D] float32 (when DH0).
-    """
-    ST = BT - (W - 1)
-    pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    rd = pid_d * BD + tl.arange(0, BD)
-    md = rd < D
-    rw = tl.arange(0, WP)
-    jj = tl.arange(0, BT)
-    dw_acc = tl.zeros([WP, BD], dtype=tl.float32)
-    db_acc = tl.zeros([BD], dtype=tl.float32)
-    slot = ((b * tl.num_programs(1) + pid_d) * tl.num_programs(0) + pid_t).to(tl.int64)
-    sp = scr + slot * (BT * BD) + jj[:, None] * BD + tl.arange(0, BD)[None, :]
-    for step in range(STEPS):
-        tile = pid_t * STEPS + step
-        t0 = tile * ST
-        rt = t0 + jj
-        mt = rt < T
-        own = mt & (jj < ST)
-        if PACKED:
-            pos_t = tl.load(pos + rt, mask=mt, other=0)
-        else:
-            pos_t = rt
-        pre = _pre(x, w, bias, h0, b, t0, rt, pos_t, mt, rd, md, sxb, sxt, shb, sht, W, BT, BD, HAS_BIAS,
-                   HAS_INIT, PACKED)
-        gp = dy + b.to(tl.int64) * sgb + rt.to(tl.int64)[:, None] * sgt + rd[None, :]
-        dpre = tl.load(gp, mask=mt[:, None] & md[None, :], other=0.0).to(tl.float32)
-        if SILU:
-            sg = sigmoid(pre)
-            dpre = dpre * sg * (1.0 + pre * (1.0 - sg))
-        dx_acc = dpre * tl.load(w + rd * W + (W - 1), mask=md, other=0.0).to(tl.float32)[None, :]
-        tl.store(sp, dpre)
-        tl.debug_barrier()  # the whole tile written before any thread reads a shifted row
-        for l in tl.static_range(1, W):
-            wl = tl.load(w + rd * W + (W - 1 - l), mask=md, other=0.0).to(tl.float32)
-            ml = (jj + l < BT) & (rt + l < T)
-            if PACKED:  # row s feeds row s - l only inside its own document
-                ml = ml & (tl.load(pos + rt + l, mask=ml, other=0) >= l)
-            dx_acc += tl.load(sp + l * BD, mask=ml[:, None], other=0.0) * wl[None, :]
-        tl.debug_barrier()  # every row read before the next tile overwrites the slot
-        ptr = dx + b.to(tl.int64) * T * D + rt.to(tl.int64)[:, None] * D + rd[None, :]
-        tl.store(ptr, dx_acc.to(dx.dtype.element_ty), mask=own[:, None] & md[None, :])
-        # the owned rows: dweight_i = sum_t dpre_t x_{t-(W-1)+i}, dbias = sum_t dpre_t
-        dpre = tl.where(own[:, None], dpre, 0.0)
-        for i in tl.static_range(W):
-            xv = _tap(x, h0, b, t0, rt, pos_t, own, rd, md, sxb, sxt, shb, sht, W - 1 - i, W, HAS_INIT, PACKED)
-            dw_acc += tl.where(rw[:, None] == i, tl.sum(dpre * xv, axis=0)[None, :], 0.0)
-        if HAS_BIAS:
-            db_acc += tl.sum(dpre, axis=0)
-        if DH0:  # noqa: SIM102  (a constexpr branch around a runtime one)
-            if tile == 0:  # h0 row j stands for x at row j - (W-1): d h0_j = sum_{t <= j} dpre_t w[j - t]
-                for j in tl.static_range(W - 1):
-                    dj = tl.zeros([BD], dtype=tl.float32)
-                    for t in tl.static_range(j + 1):
-                        row = tl.sum(tl.where((rt == t)[:, None], dpre, 0.0), axis=0)
-                        dj += row * tl.load(w + rd * W + (j - t), mask=md, other=0.0).to(tl.float32)
-                    tl.store(dh0 + (b * (W - 1) + j).to(tl.int64) * D + rd, dj, mask=md)
-    prog = (b * tl.num_programs(0) + pid_t).to(tl.int64)
-    tl.store(dwp + prog * WP * D + rw[:, None] * D + rd[None, :], dw_acc, mask=(rw[:, None] < W) & md[None, :])
-    if HAS_BIAS:
-        tl.store(dbp + prog * D + rd, db_acc, mask=md)
-
-
-@triton.jit
 def _bwd_dpre(x, w, bias, h0, pos, dy, dpre, dwp, dbp, dh0, T, D, STEPS, sxb, sxt, sgb, sgt, shb, sht,
               W: tl.constexpr, WP: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
               HAS_INIT: tl.constexpr, DH0: tl.constexpr, PACKED: tl.constexpr, SILU: tl.constexpr):
-    """Two-pass backward, pass 1: dpre = dy * act'(pre) written to ``dpre`` [B, T, D] (x's dtype), and the
-    partial sums of dweight / dbias / d h0 as in ``_bwd``. Tiles own all their rows (no halo), and there
-    is no scratch and no block barrier: pass 2 (``_bwd_dx``) shifts dpre through HBM/L2 instead.
+    """Backward pass 1: dpre = dy * act'(pre) written to ``dpre`` [B, T, D] (x's dtype).
+
+    One program: STEPS consecutive [BT, BD] row tiles of one (channel block, batch row). dweight is
+    reduced over each tile's rows into a [WP, BD] accumulator; dwp [n_prog_t * B, WP, D] and dbp
+    [n_prog_t * B, D] take this program's float32 partial sums; dh0 [B, W-1, D] float32 (when DH0)
+    is written by the program holding row 0.
     """
     pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rd = pid_d * BD + tl.arange(0, BD)
@@ -210,7 +138,7 @@ def _bwd_dpre(x, w, bias, h0, pos, dy, dpre, dwp, dbp, dh0, T, D, STEPS, sxb, sx
 
 @triton.jit
 def _bwd_dx(dpre, w, pos, dx, T, D, W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, PACKED: tl.constexpr):
-    """Two-pass backward, pass 2: dx_t = sum_l w[W-1-l] dpre_{t+l} over rows of t's own document."""
+    """Backward pass 2: dx_t = sum_l w[W-1-l] dpre_{t+l} over rows of t's own document."""
     pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rt = pid_t * BT + tl.arange(0, BT)
     rd = pid_d * BD + tl.arange(0, BD)
