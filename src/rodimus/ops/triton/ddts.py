@@ -71,7 +71,7 @@ def _prep(q, k, gp, tp, seqs, scale, eps, C):
     A = torch.empty(TT, H, C, **f32)
     dec = torch.empty(n_chunks, H, K, **f32)
     if n_slots:
-        kern._prep[(n_slots, H)](
+        kern._prep[(n_slots, H, C // kern.SUB_ROWS)](
             q,
             k,
             gp,

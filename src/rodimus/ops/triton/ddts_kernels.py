@@ -3,7 +3,8 @@
 Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is a row range
 ``[cu[n], cu[n+1])`` (a batch row, or a packed document), and chunks of C rows never cross one.
 
-* ``_prep``: from raw q, k, g_pre, tau_pre of one chunk (float32 in registers): the gates, the running
+* ``_prep``: from raw q, k, g_pre, tau_pre of one chunk (float32 in registers; one program per 16-row
+  sub-chunk, so that a chunk's A rows are built in parallel): the gates, the running
   log-decay b (cumsum of log alpha inside the chunk), and three K-sized products the V-sized passes
   need: ``qe = scale q e^b``, ``ke = beta k_hat e^(b_last - b)``, ``dec = e^b_last`` and the causal
   intra-chunk scores ``A[t, s] = sum_k scale q_t k_s e^(b_t - b_s)``. A is built from 16-row
@@ -33,7 +34,8 @@ import triton.language as tl
 
 from rodimus.ops.triton._common import mm, mm_tf32, sigmoid, softplus
 
-SUB = tl.constexpr(16)  # sub-chunk rows (the smallest tile tl.dot takes)
+SUB_ROWS = 16  # sub-chunk rows (the smallest tile tl.dot takes)
+SUB = tl.constexpr(SUB_ROWS)
 
 
 @triton.jit
@@ -113,8 +115,11 @@ def _prep(
     C: tl.constexpr,
     BK: tl.constexpr,
 ):
+    # one program per (chunk, head, sub-chunk i): the chunk's gates are formed again by each of its C/SUB
+    # programs (cheap, from L2), which then store their SUB rows of qe / ke and their row block of A
     pid = tl.program_id(0)
     h = tl.program_id(1)
+    i = tl.program_id(2)
     seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
     if seq >= 0:
         rl = tl.arange(0, C)
@@ -122,54 +127,49 @@ def _prep(
         rmask = rows < eos
         cols = tl.arange(0, BK)
         cmask = cols < K
-        valid = rmask[:, None] & cmask[None, :]
         off = h * K
-        loga, kb, _, _, _, _, _, qs = _load_gates(
+        loga, kb, _, _, _, _, _, _ = _load_gates(
             q + off, k + off, gp + off, tp + off, rows, cols, rmask, cmask, s_qk, s_g, scale, eps
         )
         b = tl.cumsum(loga, axis=0)
         b_last = tl.sum(loga, axis=0)
-        ptr = rows[:, None] * (H * K) + off + cols[None, :]
-        tl.store(qe + ptr, qs * tl.exp(b), mask=valid)
-        tl.store(ke + ptr, kb * tl.exp(b_last[None, :] - b), mask=valid)
-        cid = tl.load(coff + seq) + c
-        tl.store(dec + (cid * H + h) * K + cols, tl.exp(b_last), mask=cmask)
+        if i == 0:
+            cid = tl.load(coff + seq) + c
+            tl.store(dec + (cid * H + h) * K + cols, tl.exp(b_last), mask=cmask)
         sl = tl.arange(0, SUB)
-        for i in tl.static_range(C // SUB):
-            rows_i = t0 + i * SUB + sl
-            rm_i = rows_i < eos
-            loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(
-                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
+        rows_i = t0 + i * SUB + sl
+        rm_i = rows_i < eos
+        loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(
+            q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
+        )
+        prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
+        b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
+        ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
+        valid_i = rm_i[:, None] & cmask[None, :]
+        tl.store(qe + ptr, qs_i * tl.exp(b_i), mask=valid_i)
+        tl.store(ke + ptr, kb_i * tl.exp(b_last[None, :] - b_i), mask=valid_i)
+        a_ptr = A + rows_i[:, None] * (H * C) + h * C
+        cl = tl.arange(0, C)
+        if i > 0:
+            qg = qs_i * tl.exp(b_i - prefix[None, :])
+            kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
+            a_off = mm(qg, tl.trans(kg), False)
+            outside = (cl < i * SUB) | (cl >= (i + 1) * SUB)
+            tl.store(
+                a_ptr + cl[None, :],
+                tl.where(cl[None, :] < i * SUB, a_off, 0.0),
+                mask=rm_i[:, None] & outside[None, :],
             )
-            prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
-            b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
-            a_ptr = A + rows_i[:, None] * (H * C) + h * C
-            if i > 0:
-                qg = qs_i * tl.exp(b_i - prefix[None, :])
-                kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
-                a_off = mm(qg, tl.trans(kg), False)
-                cl = tl.arange(0, C)
-                outside = (cl < i * SUB) | (cl >= (i + 1) * SUB)
-                tl.store(
-                    a_ptr + cl[None, :],
-                    tl.where(cl[None, :] < i * SUB, a_off, 0.0),
-                    mask=rm_i[:, None] & outside[None, :],
-                )
-            elif C > SUB:
-                cl = tl.arange(0, C)
-                tl.store(
-                    a_ptr + cl[None, :],
-                    tl.zeros([SUB, C], tl.float32),
-                    mask=rm_i[:, None] & (cl >= SUB)[None, :],
-                )
-            a_d = tl.zeros([SUB, SUB], tl.float32)
-            for j in tl.static_range(SUB):
-                kb_j = tl.sum(tl.where(sl[:, None] == j, kb_i, 0.0), axis=0)
-                b_j = tl.sum(tl.where(sl[:, None] == j, b_i, 0.0), axis=0)
-                ex = tl.exp(tl.where(sl[:, None] >= j, b_i - b_j[None, :], float("-inf")))
-                col = tl.sum(qs_i * kb_j[None, :] * ex, axis=1)
-                a_d = tl.where(sl[None, :] == j, col[:, None], a_d)
-            tl.store(a_ptr + i * SUB + sl[None, :], a_d, mask=rm_i[:, None])
+        else:
+            tl.store(a_ptr + cl[None, :], tl.zeros([SUB, C], tl.float32), mask=rm_i[:, None] & (cl >= SUB)[None, :])
+        a_d = tl.zeros([SUB, SUB], tl.float32)
+        for j in tl.static_range(SUB):
+            kb_j = tl.sum(tl.where(sl[:, None] == j, kb_i, 0.0), axis=0)
+            b_j = tl.sum(tl.where(sl[:, None] == j, b_i, 0.0), axis=0)
+            ex = tl.exp(tl.where(sl[:, None] >= j, b_i - b_j[None, :], float("-inf")))
+            col = tl.sum(qs_i * kb_j[None, :] * ex, axis=1)
+            a_d = tl.where(sl[None, :] == j, col[:, None], a_d)
+        tl.store(a_ptr + i * SUB + sl[None, :], a_d, mask=rm_i[:, None])
 
 
 @triton.jit
