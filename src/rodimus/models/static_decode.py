@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from rodimus.ops.ddts.common import ddts_gates
-from rodimus.ops.dispatch import resolve_backend
+from rodimus.ops.dispatch import get_op, resolve_backend
 
 _EMPTY = -(2**40)  # position of a slot holding no visible key
 
@@ -69,7 +69,9 @@ class StaticDecoder:
         self.residual_in_fp32 = cfg.residual_in_fp32
         # the Triton kernels (DDTS step, gated norm, act(a)*x): the CUDA default; forced on a CPU they
         # run under the interpreter (tests)
-        self._triton = resolve_backend(cfg.kernel_backend, self.device.type) == "triton"
+        backend = resolve_backend(cfg.kernel_backend, self.device.type)
+        self._triton = backend == "triton"
+        self._gate_mul = get_op("gate_mul", backend)  # act(a) * x
         if self._triton:
             from rodimus.ops import triton as kernels
 
@@ -308,12 +310,6 @@ class StaticDecoder:
         o = torch.addcmul(o, xcf, p["residual"])  # o + x' * D in float32
         y = _rms(o * F.silu(gate.float()), p["act_norm"], act.eps).to(x.dtype)
         return mixer.out_proj(y)
-
-    def _gate_mul(self, a: torch.Tensor, x: torch.Tensor, activation: str) -> torch.Tensor:
-        """act(a) * x: one kernel on the Triton path."""
-        if self._triton:
-            return self._kernels.gate_mul_triton(a, x, activation)
-        return (torch.sigmoid(a) if activation == "sigmoid" else F.silu(a)) * x
 
     def _attention(self, i: int, attn, an: torch.Tensor, rope) -> torch.Tensor:
         slot, bias, cos2, sin2 = rope
