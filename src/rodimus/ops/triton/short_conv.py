@@ -1,9 +1,9 @@
 """Short convolution through the Triton kernels: same signature as :func:`rodimus.ops.short_conv.short_conv`.
 
 The forward reads x once and writes y once; the backward recomputes the pre-activation from x, so
-autograd keeps only the inputs. The final state (the last W-1 inputs of each sequence) is a small
-gather done here, with its gradient added to dx / d initial_state by hand so that no full-size
-temporary appears in either pass.
+autograd keeps only the inputs (the backward holds one x-sized dpre buffer while it runs). The final
+state (the last W-1 inputs of each sequence) is a small gather done here, with its gradient added to
+dx / d initial_state by hand rather than through a full-size temporary.
 """
 
 from __future__ import annotations
