@@ -232,7 +232,7 @@ class _DDTSFunction(torch.autograd.Function):
         dk = torch.empty(TT, H, K, device=dev, dtype=k.dtype)
         db, dgb, dtb = (torch.empty(TT, H, K, **f32) for _ in range(3))
         if n_slots:
-            kern._bwd_intra[(n_slots, H)](
+            kern._bwd_intra[(n_slots, H, C // kern.SUB_ROWS)](
                 q,
                 k,
                 gp,

@@ -19,8 +19,9 @@ Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is 
   carrying dS: dv, and per V block partial sums of dO S^T, v dS^T and dO v^T (reduced in ``_bwd_intra``).
   With ``LAUNCH["bwd_state"]["split"]`` the walk only carries dS (one dot per chunk) and stores it per
   chunk; ``_bwd_chunk`` (one program per chunk and V slice) then computes dv and the partial sums.
-* ``_bwd_intra``: per chunk, the V-reduced partials become dq, dk (through the key norm and beta),
-  the per-token d(log-decay) contributions and the beta-path gate gradients.
+* ``_bwd_intra``: per chunk (one program per 16-row sub-chunk, like ``_prep``), the V-reduced partials
+  become dq, dk (through the key norm and beta), the per-token d(log-decay) contributions and the
+  beta-path gate gradients.
 * ``_chunk_totals`` then ``_bwd_gates``: per chunk, d(log-decay) as the suffix sum of the per-token
   contributions over the rest of the sequence (chunk totals carry it across chunks), and the last link:
   softplus and sigmoid derivatives.
@@ -477,8 +478,11 @@ def _bwd_intra(
     C: tl.constexpr,
     BK: tl.constexpr,
 ):
+    # one program per (chunk, head, sub-chunk i), as in _prep: each forms the chunk's gates again and
+    # writes its own SUB rows of every output
     pid = tl.program_id(0)
     h = tl.program_id(1)
+    i = tl.program_id(2)
     seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
     if seq >= 0:
         rl = tl.arange(0, C)
@@ -493,69 +497,68 @@ def _bwd_intra(
         b = tl.cumsum(loga, axis=0)
         b_last = tl.sum(loga, axis=0)
         sl = tl.arange(0, SUB)
-        for i in tl.static_range(C // SUB):
-            rows_i = t0 + i * SUB + sl
-            rm_i = rows_i < eos
-            v_i = rm_i[:, None] & cmask[None, :]
-            loga_i, kb_i, kh_i, beta_i, g_i, tau_i, rn_i, qs_i = _load_gates(
-                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
+        rows_i = t0 + i * SUB + sl
+        rm_i = rows_i < eos
+        v_i = rm_i[:, None] & cmask[None, :]
+        loga_i, kb_i, kh_i, beta_i, g_i, tau_i, rn_i, qs_i = _load_gates(
+            q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
+        )
+        prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
+        b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
+        r_i = prefix + tl.sum(loga_i, axis=0)  # b at this sub-chunk's last row
+        # inter-chunk parts, from the V-reduced partials
+        dqs = tl.exp(b_i) * _sum_partials(dQp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV)
+        dkb = tl.exp(b_last[None, :] - b_i) * _sum_partials(
+            dKp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV
+        )
+        # intra-chunk, earlier sub-chunks (columns s < i*SUB) for dq
+        if i > 0:
+            da_row = _sum_partials(dAp + h * C, rows_i, rl, rm_i, rl < i * SUB, H * C, TT * H * C, NV)
+            kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
+            dqs += tl.exp(b_i - prefix[None, :]) * mm(da_row, kg, False)
+        # intra-chunk, later sub-chunks (rows t >= (i+1)*SUB) for dk
+        if i < C // SUB - 1:
+            da_col = _sum_partials(
+                dAp + h * C + i * SUB,
+                rows,
+                sl,
+                rmask & (rl >= (i + 1) * SUB),
+                sl < SUB,
+                H * C,
+                TT * H * C,
+                NV,
             )
-            prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
-            b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
-            r_i = prefix + tl.sum(loga_i, axis=0)  # b at this sub-chunk's last row
-            # inter-chunk parts, from the V-reduced partials
-            dqs = tl.exp(b_i) * _sum_partials(dQp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV)
-            dkb = tl.exp(b_last[None, :] - b_i) * _sum_partials(
-                dKp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV
+            qg = qs * tl.exp(tl.where(rl[:, None] >= (i + 1) * SUB, b - r_i[None, :], float("-inf")))
+            dkb += tl.exp(r_i[None, :] - b_i) * mm(tl.trans(da_col), qg, False)
+        # diagonal block, pairwise with s <= t
+        da_d = _sum_partials(dAp + h * C + i * SUB, rows_i, sl, rm_i, sl < SUB, H * C, TT * H * C, NV)
+        for j in tl.static_range(SUB):
+            sel = sl[:, None] == j
+            kb_j = tl.sum(tl.where(sel, kb_i, 0.0), axis=0)
+            qs_j = tl.sum(tl.where(sel, qs_i, 0.0), axis=0)
+            b_j = tl.sum(tl.where(sel, b_i, 0.0), axis=0)
+            da_cj = tl.sum(tl.where(sl[None, :] == j, da_d, 0.0), axis=1)  # dA[t, j]
+            da_rj = tl.sum(tl.where(sel, da_d, 0.0), axis=0)  # dA[j, s]
+            dqs += (
+                da_cj[:, None]
+                * kb_j[None, :]
+                * tl.exp(tl.where(sl[:, None] >= j, b_i - b_j[None, :], float("-inf")))
             )
-            # intra-chunk, earlier sub-chunks (columns s < i*SUB) for dq
-            if i > 0:
-                da_row = _sum_partials(dAp + h * C, rows_i, rl, rm_i, rl < i * SUB, H * C, TT * H * C, NV)
-                kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
-                dqs += tl.exp(b_i - prefix[None, :]) * mm(da_row, kg, False)
-            # intra-chunk, later sub-chunks (rows t >= (i+1)*SUB) for dk
-            if i < C // SUB - 1:
-                da_col = _sum_partials(
-                    dAp + h * C + i * SUB,
-                    rows,
-                    sl,
-                    rmask & (rl >= (i + 1) * SUB),
-                    sl < SUB,
-                    H * C,
-                    TT * H * C,
-                    NV,
-                )
-                qg = qs * tl.exp(tl.where(rl[:, None] >= (i + 1) * SUB, b - r_i[None, :], float("-inf")))
-                dkb += tl.exp(r_i[None, :] - b_i) * mm(tl.trans(da_col), qg, False)
-            # diagonal block, pairwise with s <= t
-            da_d = _sum_partials(dAp + h * C + i * SUB, rows_i, sl, rm_i, sl < SUB, H * C, TT * H * C, NV)
-            for j in tl.static_range(SUB):
-                sel = sl[:, None] == j
-                kb_j = tl.sum(tl.where(sel, kb_i, 0.0), axis=0)
-                qs_j = tl.sum(tl.where(sel, qs_i, 0.0), axis=0)
-                b_j = tl.sum(tl.where(sel, b_i, 0.0), axis=0)
-                da_cj = tl.sum(tl.where(sl[None, :] == j, da_d, 0.0), axis=1)  # dA[t, j]
-                da_rj = tl.sum(tl.where(sel, da_d, 0.0), axis=0)  # dA[j, s]
-                dqs += (
-                    da_cj[:, None]
-                    * kb_j[None, :]
-                    * tl.exp(tl.where(sl[:, None] >= j, b_i - b_j[None, :], float("-inf")))
-                )
-                dkb += (
-                    da_rj[:, None]
-                    * qs_j[None, :]
-                    * tl.exp(tl.where(sl[:, None] <= j, b_j[None, :] - b_i, float("-inf")))
-                )
-            ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
-            tl.store(dq + ptr, (dqs * scale).to(dq.dtype.element_ty), mask=v_i)
-            tl.store(db + ptr, qs_i * dqs - kb_i * dkb, mask=v_i)
-            dkh = dkb * beta_i
-            dk_i = rn_i[:, None] * (dkh - kh_i * tl.sum(dkh * kh_i, axis=1)[:, None])
-            tl.store(dk + ptr, dk_i.to(dk.dtype.element_ty), mask=v_i)
-            dbeta = dkb * kh_i
-            safe_g = tl.where(g_i > 0.0, g_i, 1.0)
-            tl.store(dgb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tau_i / safe_g, 0.0), mask=v_i)
-            tl.store(dtb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tl.log(safe_g), 0.0), mask=v_i)
+            dkb += (
+                da_rj[:, None]
+                * qs_j[None, :]
+                * tl.exp(tl.where(sl[:, None] <= j, b_j[None, :] - b_i, float("-inf")))
+            )
+        ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
+        tl.store(dq + ptr, (dqs * scale).to(dq.dtype.element_ty), mask=v_i)
+        tl.store(db + ptr, qs_i * dqs - kb_i * dkb, mask=v_i)
+        dkh = dkb * beta_i
+        dk_i = rn_i[:, None] * (dkh - kh_i * tl.sum(dkh * kh_i, axis=1)[:, None])
+        tl.store(dk + ptr, dk_i.to(dk.dtype.element_ty), mask=v_i)
+        dbeta = dkb * kh_i
+        safe_g = tl.where(g_i > 0.0, g_i, 1.0)
+        tl.store(dgb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tau_i / safe_g, 0.0), mask=v_i)
+        tl.store(dtb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tl.log(safe_g), 0.0), mask=v_i)
 
 
 @triton.jit
