@@ -4,10 +4,11 @@ One read and one write of x per direction, angles formed in float32 in the kerne
 ~8 float32 passes (cast, halves, products, concatenation) each way. The backward is the same kernel
 rotating by the negative angle.
 
-The angle is reduced to [-pi, pi] before ``tl.cos``/``tl.sin``: on NVIDIA those lower to the approximate
-``cos.approx.f32``, whose error grows with the argument (positions past ~10K gave wrong rotations). The
-reduction subtracts n * 2*pi in two fused multiply-adds (2*pi split into a float32 head and tail), exact to
-~1e-7 for any position a float32 angle can hold.
+The angle is reduced to [-pi, pi] first, subtracting n * 2*pi in two fused multiply-adds (2*pi split into
+a float32 head and tail; exact to ~1e-7 for any position a float32 angle can hold), so accuracy at long
+positions does not depend on how a Triton version lowers ``tl.cos``/``tl.sin`` (triton 3.9 calls
+libdevice's ``__nv_cosf``, which handles large arguments on a slower path; an approximate lowering would
+not).
 """
 
 from __future__ import annotations
