@@ -49,7 +49,7 @@ def test_triton_step_equals_full_forward(cfg):
     model = harness.build(harness.tiny_config(**cfg)).to(dev)
     ids = harness.rand_ids(model.config, 2, 16).to(dev)
     full = model(ids, use_cache=False).logits
-    model.config.kernel_backend = "triton"  # read by StaticDecoder; the layers keep their own (torch) setting
+    model.config.kernel_backend = "triton"  # read by StaticDecoder; the layers keep their own setting
     dec = StaticDecoder(model, 2, use_cuda_graph=False)
     assert dec._triton
     assert_close("triton static decode", _decode_logits(dec, ids, 5), full[:, 4:], rel=1e-5, atol=1e-4)
