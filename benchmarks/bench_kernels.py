@@ -229,6 +229,13 @@ def sweep_ddts(B, T, deadline, K=64, V=4096):
     bwd_split += [dict(cfg, chunk_warps=8) for cfg in bwd_split[1:3]]
     fwd_and_bwd = fwd_bwd(lambda *a: tri.ddts_triton(*a, chunk_size=64), xs)
     sweep("bwd_state", "sweep_fwd_bwd", walks + bwd_split, fwd_and_bwd, 3, 20)
+    # the split forms' state walk, then the per-chunk kernels' warps
+    sweep("walk", "sweep_walk", [
+        dict(keep["walk"], BK=bk, BV=bv, num_stages=st) for bk, bv, st in ((16, 64, 2), (32, 64, 2), (32, 128, 2),
+                                                                          (32, 128, 3), (64, 64, 2))
+    ], fwd_and_bwd, 3, 20)  # fmt: skip
+    for entry in ("prep", "intra"):
+        sweep(entry, f"sweep_{entry}", [dict(num_warps=w) for w in (2, 4, 8)], fwd_and_bwd, 3, 20)
 
 
 def limit_fla_autotune(n: int) -> None:

@@ -159,7 +159,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--profile", type=int, default=0, help="after timing, profile this many steps by kernel")
     p.add_argument("--smoke", action="store_true", help="toy sizes, to check the script on a CPU")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument(
+        "--ddts-launch",
+        default=None,
+        help="JSON file of DDTS kernel launch settings to apply first ({entry: {key: value}}, merged into "
+        "rodimus.ops.triton.ddts.LAUNCH): time a sweep's choice end to end",
+    )
     args = p.parse_args(argv)
+    if args.ddts_launch:
+        from rodimus.ops.triton import ddts
+
+        for entry, cfg in json.loads(Path(args.ddts_launch).read_text()).items():
+            if entry not in ddts.LAUNCH:
+                raise ValueError(f"--ddts-launch: unknown entry {entry!r}; allowed {sorted(ddts.LAUNCH)}")
+            ddts.LAUNCH[entry].update(cfg)
+        print("DDTS launch settings:", json.dumps(ddts.LAUNCH))
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
     bad = [k for k in kinds if k not in ("rodimus", "rodimus_plus", "llama")]
     if bad:

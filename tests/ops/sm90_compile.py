@@ -62,6 +62,7 @@ def _drive() -> None:
     from rodimus.ops.triton import ddts
     from tests.models.harness import build, rand_ids, tiny_config
 
+    ddts.LAUNCH["fwd"]["split_max_programs"] = 0  # the fused forward walk first (tiny grids pick the split)
     for block_type in ("rodimus", "rodimus_plus"):
         model = build(tiny_config(block_type, d_model=32, mixer_cfg=dict(mem_size=16), kernel_backend="triton"))
         for dtype in (torch.float32, torch.bfloat16):
@@ -78,10 +79,12 @@ def _drive() -> None:
             dec.step(ids[:, 5:6], check=False)
         # the DDTS split forms (chosen by size on a real card)
         saved = {k: dict(v) for k, v in ddts.LAUNCH.items()}
-        ddts.LAUNCH["fwd"]["split"] = True
+        ddts.LAUNCH["fwd"]["split"] = True  # restored below, like every entry
         ddts.LAUNCH["bwd_state"].update(split=True, split_min_v=0)
         try:
             model(ids, labels=ids).loss.backward()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                model(ids)  # bf16 states in the split forward without gradients
         finally:
             for k, v in saved.items():
                 ddts.LAUNCH[k] = v

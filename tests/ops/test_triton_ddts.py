@@ -50,7 +50,16 @@ def _close(name, actual, expected, *, rel):
 
 
 @pytest.mark.parametrize("B,T,H,K,V,dtype,init,cu,chunk", CASES)
-def test_forward_and_every_gradient(B, T, H, K, V, dtype, init, cu, chunk):
+def test_forward_and_every_gradient(B, T, H, K, V, dtype, init, cu, chunk, monkeypatch):
+    """The fused walks (the split forms, which small grids would pick, have their own test)."""
+    from rodimus.ops.triton import ddts as tri
+
+    monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split_max_programs=0))
+    monkeypatch.setitem(tri.LAUNCH, "bwd_state", dict(tri.LAUNCH["bwd_state"], split=False))
+    _check(B, T, H, K, V, dtype, init, cu, chunk)
+
+
+def _check(B, T, H, K, V, dtype, init, cu, chunk):
     cu = torch.tensor(cu) if cu is not None else None
     n = B if cu is None else len(cu) - 1
     xs, h0 = _inputs(B, T, H, K, V, dtype, n)
@@ -76,16 +85,38 @@ def test_forward_and_every_gradient(B, T, H, K, V, dtype, init, cu, chunk):
         _close("dinitial_state", h0.grad, ref_h0.grad, rel=tol)
 
 
-@pytest.mark.parametrize("slices", [1, 3])
+SPLIT_FORMS = [  # slices of _bwd_chunk, _walk's K block, forward states kept for the backward
+    pytest.param(1, 16, False, id="slices1-BK16"),
+    pytest.param(3, 32, True, id="slices3-BK32-saved"),
+]
+
+
+@pytest.mark.parametrize("slices,walk_bk,save", SPLIT_FORMS)
 @pytest.mark.parametrize("B,T,H,K,V,dtype,init,cu,chunk", [CASES[0], CASES[3], CASES[4], CASES[6]])
-def test_split_walks(B, T, H, K, V, dtype, init, cu, chunk, slices, monkeypatch):
+def test_split_walks(B, T, H, K, V, dtype, init, cu, chunk, slices, walk_bk, save, monkeypatch):
     """The chunk-parallel forms (LAUNCH[...]["split"]) meet the same tolerances, forward and gradients."""
     from rodimus.ops.triton import ddts as tri
 
     cfg = dict(tri.LAUNCH["bwd_state"], split=True, split_min_v=0, BV_chunk=16, slices=slices)
     monkeypatch.setitem(tri.LAUNCH, "bwd_state", cfg)
+    monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32, save_states=save))
+    monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BK=walk_bk, BV=32))
+    _check(B, T, H, K, V, dtype, init, cu, chunk)
+
+
+@pytest.mark.parametrize("lowp_states", [False, True], ids=["fp32-states", "bf16-states"])
+def test_split_forward_without_grad(lowp_states, monkeypatch):
+    """Inference through the split forward (bf16 states allowed there) matches the reference."""
+    from rodimus.ops.triton import ddts as tri
+
     monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32))
-    test_forward_and_every_gradient(B, T, H, K, V, dtype, init, cu, chunk)
+    monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BK=16, BV=32, lowp_states=lowp_states))
+    xs, h0 = _inputs(2, 70, 2, 16, 40, torch.bfloat16, 2)
+    with torch.no_grad():
+        o, hT = ddts_triton(*xs, initial_state=h0)
+    o_ref, hT_ref = ddts_naive(*[x.detach().cpu().double() for x in xs], initial_state=h0.detach().cpu().double())
+    _close("o", o, o_ref, rel=TOL[torch.bfloat16])
+    _close("final_state", hT, hT_ref, rel=TOL[torch.bfloat16])
 
 
 def test_packed_documents_do_not_leak():

@@ -39,7 +39,7 @@ class RodimusInnerMixer(nn.Module):
 
     def __init__(
         self, d_inner: int, mem_size: int, low_rank: int, d_conv: int, eps: float, layer_idx: int,
-        kernel_backend: str = "auto", chunk_size: int = 32,
+        kernel_backend: str = "auto", chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.d_inner, self.mem_size, self.eps = d_inner, mem_size, eps
@@ -101,8 +101,7 @@ class RodimusInnerMixer(nn.Module):
             op = get_op("ddts", "recurrent")
         else:
             op = get_op("ddts", backend)
-            if backend == "torch":
-                kwargs["chunk_size"] = self.chunk_size
+            kwargs["chunk_size"] = self.chunk_size
         o, state = op(q, k, u.view(B, T, 1, self.d_inner), g_pre, tau_pre, **kwargs)
         if cache is not None:
             cache.update_conv_state(conv_final, self.layer_idx, conv_kernel_size=conv_final.shape[-1])
@@ -115,7 +114,7 @@ class RodimusMixer(nn.Module):
 
     def __init__(
         self, d_model: int, d_inner: int, mem_size: int, low_rank: int, d_conv: int, key_eps: float,
-        norm_eps: float, layer_idx: int, kernel_backend: str = "auto", chunk_size: int = 32,
+        norm_eps: float, layer_idx: int, kernel_backend: str = "auto", chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.d_inner = d_inner

@@ -51,7 +51,8 @@ class RodimusConfig(PreTrainedConfig):
     """Configuration of Rodimus (``block_type='rodimus'``) and Rodimus+ (``'rodimus_plus'``) models.
 
     Field names are those of the official release, so its config.json loads unchanged; unknown fields
-    raise instead of being silently ignored.
+    raise instead of being silently ignored. Ours: ``kernel_backend``, and ``chunk_size`` (the chunked
+    DDTS forms' chunk; None takes each form's fastest: 32 for the torch form, 64 for the Triton kernels).
     """
 
     model_type = "rodimus"
@@ -78,7 +79,7 @@ class RodimusConfig(PreTrainedConfig):
         activation_dropout: float = 0.0,
         tie_word_embeddings: bool = False,
         kernel_backend: str = "auto",
-        chunk_size: int = 32,
+        chunk_size: int | None = None,
         use_cache: bool = True,
         pad_token_id: int | None = None,
         bos_token_id: int | None = 0,
@@ -154,6 +155,8 @@ class RodimusConfig(PreTrainedConfig):
         need(self.block_type in BLOCK_TYPES, "block_type", f"one of {BLOCK_TYPES}", self.block_type)
         for f in ("d_model", "n_layer", "vocab_size", "chunk_size", "max_position_embeddings"):
             v = getattr(self, f)
+            if f == "chunk_size" and v is None:  # each chunked form's own default
+                continue
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0, f, "a positive int", v)
         need(self.norm_epsilon > 0, "norm_epsilon", "> 0", self.norm_epsilon)
         need(self.use_scale_embedding is False, "use_scale_embedding", "False (no released model uses it)",

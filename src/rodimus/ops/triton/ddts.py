@@ -12,20 +12,35 @@ from rodimus.ops.triton._common import head_rows_view, next_pow2
 
 _LOWP = (torch.bfloat16, torch.float16)
 
-# Launch settings of the two sequential walks (V-block width, warps, pipeline stages). A module-level
-# table rather than @triton.autotune: the backward's partial-sum buffers are sized by BV, and
-# benchmarks/bench_kernels.py --sweep-ddts times alternatives by editing this table.
+# Launch settings (V-block width, warps, pipeline stages). A module-level table rather than
+# @triton.autotune: the backward's partial-sum buffers are sized by BV, and
+# benchmarks/bench_kernels.py --only sweep times alternatives by editing this table.
+DEFAULT_CHUNK = 64  # the kernels' chunk when the caller gives none
+
 LAUNCH = {
-    "fwd": dict(BV=128, num_warps=4, num_stages=1),  # H200 sweep 2026-11-29: 0.52 ms vs 0.77 (BV 64, 2 stages)
-    # "split": True: the walk only stores chunk-start states; _fwd_chunk ("BV_chunk" columns, "chunk_warps"
-    # warps) forms o.
-    # "split": True moves dv and the V sums out of the walk into the chunk-parallel _bwd_chunk (with
-    # "BV_chunk" columns per block and "slices" V slices) for V >= "split_min_v". H200 sweeps, B8 T2048,
-    # fwd+bwd: V 4096 split 2.54 ms vs 2.71 walk-only (BV 64, 4 warps); V 2048 split 2.62 vs 1.91.
-    "bwd_state": dict(BV=64, num_warps=4, num_stages=1, split=True, split_min_v=4096, BV_chunk=64, slices=4),
+    # the fused forward walk: one program per (V block, sequence, head). "split": True, or a fused grid of
+    # at most "split_max_programs" programs (long sequences, small batch), uses _walk + the chunk-parallel
+    # _fwd_chunk ("BV_chunk" columns, "chunk_warps" warps) instead; "save_states" then keeps the walk's
+    # states for a split backward (one walk less there, one state buffer per layer more in memory).
+    # H200 2026-11-29: fused 0.52 ms vs 0.77 (BV 64, 2 stages) at V 4096; split slower at B8 T2048 (V 2048:
+    # 0.49 ms vs 0.41), faster at B2 T8192 (0.77 vs 0.92); save_states there: fwd+bwd 1.41 ms vs 1.65
+    "fwd": dict(BV=128, num_warps=4, num_stages=1, split_max_programs=64, save_states=True),
+    # the fused backward walk; the split form (two _walk passes and the chunk-parallel _bwd_chunk with
+    # "BV_chunk" columns per block, "slices" V slices, "chunk_warps" warps) for V >= "split_min_v".
+    # H200 2026-11-29, B8 T2048 C64, per-kernel sums: V 2048 1.35 ms vs 1.46 fused, V 4096 2.08 vs 2.28;
+    # B2 T8192 V 2048: 2.28 vs 2.87
+    "bwd_state": dict(BV=64, num_warps=4, num_stages=1, split=True, split_min_v=2048, BV_chunk=64, slices=2),
+    # _walk: [BK, BV] state blocks (BK 32 x BV 128, 2 stages: the fastest of nine at V 2048 and 4096).
+    # "lowp_states": the split forward stores its states in bf16 for bf16 inputs when no gradient is
+    # needed (outputs as accurate; with bf16 states the gate gradients, a difference of two large sums,
+    # missed the 1e-2 bf16 budget: 1.4-2.6e-2 vs 0.4e-2 with float32)
+    "walk": dict(BK=32, BV=128, num_warps=4, num_stages=2, lowp_states=True),
+    # per-chunk kernels. H200 2026-11-29, B8 T2048 C64: the diagonal 16x16 blocks as one [16, 16, K] tile
+    # instead of a loop over columns took _prep 0.180 -> 0.141 ms (0.127 with 8 warps), _bwd_intra
+    # 0.396 -> 0.210 ms (8 warps: 0.237)
+    "prep": dict(num_warps=8),
+    "intra": dict(num_warps=4),
 }
-
-
 def _kernel_chunk(chunk_size: int) -> int:
     """The kernel tiles by a power of two in [16, 128]; the torch form's chunk_size is a hint."""
     return min(128, next_pow2(chunk_size, 16))
@@ -71,7 +86,7 @@ def _prep(q, k, gp, tp, seqs, scale, eps, C):
     A = torch.empty(TT, H, C, **f32)
     dec = torch.empty(n_chunks, H, K, **f32)
     if n_slots:
-        kern._prep[(n_slots, H, C // kern.SUB_ROWS)](
+        kern._prep[(n_slots, H)](
             q,
             k,
             gp,
@@ -92,9 +107,35 @@ def _prep(q, k, gp, tp, seqs, scale, eps, C):
             K=K,
             C=C,
             BK=next_pow2(K),
-            num_warps=4,
+            num_warps=LAUNCH["prep"]["num_warps"],
         )
     return qe, ke, dec, A
+
+
+def _split_backward(V: int) -> bool:
+    cfg = LAUNCH["bwd_state"]
+    return bool(cfg.get("split", False)) and cfg.get("split_min_v", 0) <= V
+
+
+def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None, lowp_states=False):
+    """Run :func:`kern._walk`: (the per-chunk state buffer, the final-state term's partials or None).
+
+    x0 / xT: the state before the first / after the last chunk walked (None: zeros / not stored)."""
+    cfg = LAUNCH["walk"]
+    cu, coff, n_chunks = seqs[0], seqs[3], seqs[5]
+    n_sh = (cu.numel() - 1) * H
+    BK, BV = min(cfg["BK"], next_pow2(K)), min(cfg["BV"], next_pow2(V))
+    xbuf = torch.empty(n_chunks, H, K, V, device=a.device, dtype=torch.bfloat16 if lowp_states else torch.float32)
+    NV = triton_cdiv(V, BV)
+    finp = torch.empty(NV, n_sh, K, device=a.device, dtype=torch.float32) if dhT is not None else None
+    if n_sh:
+        kern._walk[(triton_cdiv(K, BK), NV, n_sh)](
+            a, b, dec, x0 if x0 is not None else xbuf, xbuf, xT if xT is not None else xbuf,
+            dhT if dhT is not None else xbuf, finp if finp is not None else xbuf, cu, coff, V,
+            H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, HAS_INIT=x0 is not None, STORE_FINAL=xT is not None,
+            FINP=dhT is not None, LOWP=lowp, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )  # fmt: skip
+    return xbuf, finp
 
 
 def _same_row_stride(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,120 +160,90 @@ class _DDTSFunction(torch.autograd.Function):
         hT = torch.zeros(n_seq, H, K, V, device=q.device, dtype=torch.float32)
         h0c = h0.contiguous() if h0 is not None else None
         cfg = LAUNCH["fwd"]
+        lowp = v.dtype in _LOWP
+        saved_states = None
         BV = min(cfg["BV"], next_pow2(V))
-        split = bool(cfg.get("split", False))
-        n_chunks = seqs[5]
-        hbuf = torch.empty(n_chunks, H, K, V, device=q.device, dtype=torch.float32) if split else hT
-        kern._fwd[(triton_cdiv(V, BV), n_seq * H)](
-            v,
-            o,
-            qe,
-            ke,
-            dec,
-            A,
-            h0c if h0c is not None else hT,
-            hT,
-            hbuf,
-            seqs[0],
-            seqs[3],
-            V,
-            H=H,
-            K=K,
-            C=C,
-            BK=next_pow2(K),
-            BV=BV,
-            HAS_INIT=h0c is not None,
-            LOWP=v.dtype in _LOWP,
-            SPLIT=split,
-            num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"],
-        )
-        if split and seqs[4]:
-            BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
-            kern._fwd_chunk[(seqs[4], H, triton_cdiv(V, BVc))](
-                v, o, qe, A, hbuf, seqs[1], seqs[2], seqs[0], seqs[3], V,
-                H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=v.dtype in _LOWP, num_warps=cfg.get("chunk_warps", 4),
+        if cfg.get("split", False) or n_seq * H * triton_cdiv(V, BV) <= cfg.get("split_max_programs", 0):
+            grad = any(ctx.needs_input_grad)
+            lowp_states = lowp and not grad and LAUNCH["walk"].get("lowp_states", False)
+            hbuf, _ = _walk(ke, v, dec, h0c, hT, seqs, H, K, V, C, lowp, lowp_states=lowp_states)
+            if seqs[4]:
+                BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
+                kern._fwd_chunk[(seqs[4], H, triton_cdiv(V, BVc))](
+                    v, o, qe, A, hbuf, seqs[1], seqs[2], seqs[0], seqs[3], V,
+                    H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=lowp, num_warps=cfg.get("chunk_warps", 4),
+                )  # fmt: skip
+            if cfg.get("save_states", False) and _split_backward(V) and grad:
+                saved_states = hbuf
+            del hbuf
+        else:
+            kern._fwd[(triton_cdiv(V, BV), n_seq * H)](
+                v, o, qe, ke, dec, A, h0c if h0c is not None else hT, hT, seqs[0], seqs[3], V,
+                H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0c is not None, LOWP=lowp,
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
             )  # fmt: skip
-        del hbuf
         # the K-sized products are kept, not recomputed: ~0.75 KiB per token against a second _prep launch
-        ctx.save_for_backward(q, k, v, gp, tp, h0c, qe, ke, dec, A, *seqs[:4])
+        ctx.save_for_backward(q, k, v, gp, tp, h0c, qe, ke, dec, A, *seqs[:4], saved_states, hT)
         ctx.meta = (B, T, scale, eps, C, seqs[4:])
         return o.view(B, T, H, V), hT
 
     @staticmethod
     def backward(ctx, do, dhT):
-        q, k, v, gp, tp, h0, qe, ke, dec, A, cu, chunk_seq, chunk_idx, coff = ctx.saved_tensors
+        q, k, v, gp, tp, h0, qe, ke, dec, A, cu, chunk_seq, chunk_idx, coff, saved_states, hT = ctx.saved_tensors
         B, T, scale, eps, C, (n_slots, n_chunks) = ctx.meta
         TT, H, K = q.shape
         V = v.shape[-1]
         dev = q.device
         n_seq = cu.numel() - 1
         do = do.contiguous().view(TT, H, V)
+        dhT = dhT.contiguous() if dhT is not None else None
+        f32 = dict(device=dev, dtype=torch.float32)
+        dv = torch.empty_like(v)
+        dh0 = torch.empty(n_seq, H, K, V, **f32) if h0 is not None else None
+        lowp = v.dtype in _LOWP
+        seqs = (cu, chunk_seq, chunk_idx, coff, n_slots, n_chunks)
         cfg = LAUNCH["bwd_state"]
-        BV = min(cfg["BV"], next_pow2(V))
-        NV = triton_cdiv(V, BV)
-        split = bool(cfg.get("split", False)) and cfg.get("split_min_v", 0) <= V
-        if split:  # _bwd_chunk: NS slices of NVB blocks of BVc columns; one partial per slice
+        if _split_backward(V):
+            if saved_states is None:
+                hbuf, finp = _walk(ke, v, dec, h0, None, seqs, H, K, V, C, lowp, dhT=dhT)
+            else:  # the forward's split walk kept them; the final-state term from its final state
+                hbuf = saved_states
+                finp = (dhT * hT).sum(-1).view(1, n_seq * H, K) if dhT is not None else None
+            dsbuf, _ = _walk(qe, do, dec, dhT, dh0, seqs, H, K, V, C, lowp, reverse=True)
+            # _bwd_chunk: n_part slices of NVB blocks of BVc columns; one partial per slice
             BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
             n_blocks = triton_cdiv(V, BVc)
             NVB = triton_cdiv(n_blocks, min(cfg.get("slices", 4), n_blocks))
             n_part = triton_cdiv(n_blocks, NVB)
+            dQp, dKp = (torch.empty(n_part, TT, H, K, **f32) for _ in range(2))
+            dAp = torch.empty(n_part, TT, H, C, **f32)
+            if n_slots:
+                kern._bwd_chunk[(n_slots, H, n_part)](
+                    v, do, ke, A, hbuf, dsbuf, dv, dQp, dKp, dAp, chunk_seq, chunk_idx, cu, coff, V, TT, NVB,
+                    H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=lowp, num_warps=cfg.get("chunk_warps", 4),
+                )  # fmt: skip
+            del hbuf, dsbuf
+            if finp is None:
+                finp = torch.zeros(1, n_seq * H, K, **f32)
         else:
-            n_part = NV
-        f32 = dict(device=dev, dtype=torch.float32)
-        hbuf = torch.empty(n_chunks, H, K, V, **f32)
-        dsbuf = torch.empty(n_chunks, H, K, V, **f32) if split else hbuf
-        dv = torch.empty_like(v)
-        dh0 = torch.empty(n_seq, H, K, V, **f32) if h0 is not None else None
-        dQp = torch.empty(n_part, TT, H, K, **f32)
-        dKp = torch.empty(n_part, TT, H, K, **f32)
-        dAp = torch.empty(n_part, TT, H, C, **f32)
-        finp = torch.zeros(NV, n_seq * H, K, **f32)
-        dhT = dhT.contiguous() if dhT is not None else None
-        kern._bwd_state[(NV, n_seq * H)](
-            v,
-            do,
-            qe,
-            ke,
-            dec,
-            A,
-            h0 if h0 is not None else hbuf,
-            dhT if dhT is not None else hbuf,
-            hbuf,
-            dsbuf,
-            dv,
-            dh0 if dh0 is not None else hbuf,
-            dQp,
-            dKp,
-            dAp,
-            finp,
-            cu,
-            coff,
-            V,
-            TT,
-            H=H,
-            K=K,
-            C=C,
-            BK=next_pow2(K),
-            BV=BV,
-            HAS_INIT=h0 is not None,
-            HAS_DHT=dhT is not None,
-            LOWP=v.dtype in _LOWP,
-            SPLIT=split,
-            num_warps=cfg["num_warps"],
-            num_stages=cfg["num_stages"],
-        )
-        if split and n_slots:
-            kern._bwd_chunk[(n_slots, H, n_part)](
-                v, do, ke, A, hbuf, dsbuf, dv, dQp, dKp, dAp, chunk_seq, chunk_idx, cu, coff, V, TT, NVB,
-                H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=v.dtype in _LOWP, num_warps=cfg.get("chunk_warps", 4),
+            BV = min(cfg["BV"], next_pow2(V))
+            n_part = triton_cdiv(V, BV)
+            hbuf = torch.empty(n_chunks, H, K, V, **f32)
+            dQp, dKp = (torch.empty(n_part, TT, H, K, **f32) for _ in range(2))
+            dAp = torch.empty(n_part, TT, H, C, **f32)
+            finp = torch.zeros(n_part, n_seq * H, K, **f32)
+            kern._bwd_state[(n_part, n_seq * H)](
+                v, do, qe, ke, dec, A, h0 if h0 is not None else hbuf, dhT if dhT is not None else hbuf, hbuf, dv,
+                dh0 if dh0 is not None else hbuf, dQp, dKp, dAp, finp, cu, coff, V, TT,
+                H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0 is not None, HAS_DHT=dhT is not None, LOWP=lowp,
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
             )  # fmt: skip
-        del hbuf, dsbuf
+            del hbuf
         dq = torch.empty(TT, H, K, device=dev, dtype=q.dtype)
         dk = torch.empty(TT, H, K, device=dev, dtype=k.dtype)
         db, dgb, dtb = (torch.empty(TT, H, K, **f32) for _ in range(3))
         if n_slots:
-            kern._bwd_intra[(n_slots, H, C // kern.SUB_ROWS)](
+            kern._bwd_intra[(n_slots, H)](
                 q,
                 k,
                 gp,
@@ -258,7 +269,7 @@ class _DDTSFunction(torch.autograd.Function):
                 K=K,
                 C=C,
                 BK=next_pow2(K),
-                num_warps=4,
+                num_warps=LAUNCH["intra"]["num_warps"],
             )
         # d log alpha_t = sum over later tokens of the same sequence (+ the final-state term), then the links
         dgp = torch.empty(TT, H, K, device=dev, dtype=gp.dtype)
@@ -268,7 +279,7 @@ class _DDTSFunction(torch.autograd.Function):
             consts = dict(H=H, K=K, C=C, BK=next_pow2(K))
             kern._chunk_totals[(n_slots, H)](db, tot, chunk_seq, chunk_idx, cu, coff, **consts)
             kern._bwd_gates[(n_slots, H)](
-                gp, tp, db, dgb, dtb, tot, finp, dgp, dtp, chunk_seq, chunk_idx, cu, coff, NV, n_seq * H,
+                gp, tp, db, dgb, dtb, tot, finp, dgp, dtp, chunk_seq, chunk_idx, cu, coff, finp.shape[0], n_seq * H,
                 gp.stride(0), **consts, NB=16,
             )  # fmt: skip
         shape4 = (B, T, H)
@@ -301,16 +312,17 @@ def ddts_triton(
     eps: float = 1e-12,
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
-    chunk_size: int = 32,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused chunked DDTS (Triton); arguments and results as :func:`rodimus.ops.ddts.ddts_chunk`.
 
-    ``chunk_size`` is rounded up to a power of two in [16, 128] for the kernel's tiles. Float64
+    ``chunk_size`` is rounded up to a power of two in [16, 128] for the kernel's tiles; None takes
+    ``DEFAULT_CHUNK`` (64: fwd+bwd 2.26 ms vs 3.29 at 32 on the H200, B8 T2048 V4096). Float64
     inputs (gradcheck) go to the torch chunk form. A single token without autograd goes to the
     decode kernel.
     """
     check_ddts_inputs(q, k, v, g_pre, tau_pre, initial_state, cu_seqlens)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     if torch.float64 in (q.dtype, k.dtype, v.dtype, g_pre.dtype, tau_pre.dtype):
         return ddts_chunk(
@@ -338,7 +350,8 @@ def ddts_triton(
         )
         return ddts_decode_(q, k, v, g_pre, tau_pre, state, scale=scale, eps=eps), state
     return _DDTSFunction.apply(
-        q, k, v, g_pre, tau_pre, initial_state, cu_seqlens, scale, float(eps), _kernel_chunk(chunk_size)
+        q, k, v, g_pre, tau_pre, initial_state, cu_seqlens, scale, float(eps),
+        _kernel_chunk(DEFAULT_CHUNK if chunk_size is None else chunk_size),
     )
 
 

@@ -3,8 +3,7 @@
 Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is a row range
 ``[cu[n], cu[n+1])`` (a batch row, or a packed document), and chunks of C rows never cross one.
 
-* ``_prep``: from raw q, k, g_pre, tau_pre of one chunk (float32 in registers; one program per 16-row
-  sub-chunk, so that a chunk's A rows are built in parallel): the gates, the running
+* ``_prep``: from raw q, k, g_pre, tau_pre of one chunk (float32 in registers): the gates, the running
   log-decay b (cumsum of log alpha inside the chunk), and three K-sized products the V-sized passes
   need: ``qe = scale q e^b``, ``ke = beta k_hat e^(b_last - b)``, ``dec = e^b_last`` and the causal
   intra-chunk scores ``A[t, s] = sum_k scale q_t k_s e^(b_t - b_s)``. A is built from 16-row
@@ -12,16 +11,17 @@ Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is 
   have exponent <= 0), the diagonal block is formed pairwise with s <= t only. No positive exponent
   is ever taken, so nothing overflows however strong the decay.
 * ``_fwd``: one program per (V block, sequence, head) walks the chunks carrying its [K, BV] state in
-  registers: ``o = qe S + A v``, ``S = dec S + ke^T v``. The state never touches HBM. With
-  ``LAUNCH["fwd"]["split"]`` the walk only updates S (one dot per chunk) and stores it per chunk, and
-  ``_fwd_chunk`` (one program per chunk and V block) forms the outputs in parallel.
-* ``_bwd_state``: the same walk forward (states at chunk starts to a scratch buffer), then backward
-  carrying dS: dv, and per V block partial sums of dO S^T, v dS^T and dO v^T (reduced in ``_bwd_intra``).
-  With ``LAUNCH["bwd_state"]["split"]`` the walk only carries dS (one dot per chunk) and stores it per
-  chunk; ``_bwd_chunk`` (one program per chunk and V slice) then computes dv and the partial sums.
-* ``_bwd_intra``: per chunk (one program per 16-row sub-chunk, like ``_prep``), the V-reduced partials
-  become dq, dk (through the key norm and beta), the per-token d(log-decay) contributions and the
-  beta-path gate gradients.
+  registers: ``o = qe S + A v``, ``S = dec S + ke^T v``. The state never touches HBM.
+* Split forms (``LAUNCH[...]["split"]``): ``_walk`` is the only sequential part, one light program per
+  (K block, V block, sequence, head) storing the state at every chunk start (float32; bf16 for a
+  forward without gradients); ``_fwd_chunk`` then forms the outputs chunk-parallel. In the backward a
+  second ``_walk`` runs in reverse carrying dS (stored at chunk ends), and ``_bwd_chunk`` (one program
+  per chunk and V slice) computes dv and a few V-slice partial sums of dO S^T, v dS^T and dO v^T.
+* ``_bwd_state`` (fused backward): the same walk forward (states at chunk starts to a scratch buffer),
+  then backward carrying dS: dv, and per V block partial sums of dO S^T, v dS^T and dO v^T.
+* ``_bwd_intra``: per chunk, the V-reduced partials become dq, dk (through the key norm and beta), the
+  per-token d(log-decay) contributions and the beta-path gate gradients. (One program per 16-row
+  sub-chunk instead, each forming the chunk's gates again, was slower on the H200: 0.65 vs 0.53 ms.)
 * ``_chunk_totals`` then ``_bwd_gates``: per chunk, d(log-decay) as the suffix sum of the per-token
   contributions over the rest of the sequence (chunk totals carry it across chunks), and the last link:
   softplus and sigmoid derivatives.
@@ -35,8 +35,7 @@ import triton.language as tl
 
 from rodimus.ops.triton._common import mm, mm_tf32, sigmoid, softplus
 
-SUB_ROWS = 16  # sub-chunk rows (the smallest tile tl.dot takes)
-SUB = tl.constexpr(SUB_ROWS)
+SUB = tl.constexpr(16)  # sub-chunk rows (the smallest tile tl.dot takes)
 
 
 @triton.jit
@@ -94,6 +93,13 @@ def _stored_chunk(pid, chunk_seq, chunk_idx, cu, coff, C: tl.constexpr):
 
 
 @triton.jit
+def _pair_decay(b_i, sl):
+    """[SUB, SUB, BK] tile e^(b_t - b_s) for s <= t, else 0 (the exponent is never positive there)."""
+    causal = (sl[:, None] >= sl[None, :])[:, :, None]
+    return tl.exp(tl.where(causal, b_i[:, None, :] - b_i[None, :, :], float("-inf")))
+
+
+@triton.jit
 def _prep(
     q,
     k,
@@ -116,11 +122,8 @@ def _prep(
     C: tl.constexpr,
     BK: tl.constexpr,
 ):
-    # one program per (chunk, head, sub-chunk i): the chunk's gates are formed again by each of its C/SUB
-    # programs (cheap, from L2), which then store their SUB rows of qe / ke and their row block of A
     pid = tl.program_id(0)
     h = tl.program_id(1)
-    i = tl.program_id(2)
     seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
     if seq >= 0:
         rl = tl.arange(0, C)
@@ -128,49 +131,49 @@ def _prep(
         rmask = rows < eos
         cols = tl.arange(0, BK)
         cmask = cols < K
+        valid = rmask[:, None] & cmask[None, :]
         off = h * K
-        loga, kb, _, _, _, _, _, _ = _load_gates(
+        loga, kb, _, _, _, _, _, qs = _load_gates(
             q + off, k + off, gp + off, tp + off, rows, cols, rmask, cmask, s_qk, s_g, scale, eps
         )
         b = tl.cumsum(loga, axis=0)
         b_last = tl.sum(loga, axis=0)
-        if i == 0:
-            cid = tl.load(coff + seq) + c
-            tl.store(dec + (cid * H + h) * K + cols, tl.exp(b_last), mask=cmask)
+        ptr = rows[:, None] * (H * K) + off + cols[None, :]
+        tl.store(qe + ptr, qs * tl.exp(b), mask=valid)
+        tl.store(ke + ptr, kb * tl.exp(b_last[None, :] - b), mask=valid)
+        cid = tl.load(coff + seq) + c
+        tl.store(dec + (cid * H + h) * K + cols, tl.exp(b_last), mask=cmask)
         sl = tl.arange(0, SUB)
-        rows_i = t0 + i * SUB + sl
-        rm_i = rows_i < eos
-        loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(
-            q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
-        )
-        prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
-        b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
-        ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
-        valid_i = rm_i[:, None] & cmask[None, :]
-        tl.store(qe + ptr, qs_i * tl.exp(b_i), mask=valid_i)
-        tl.store(ke + ptr, kb_i * tl.exp(b_last[None, :] - b_i), mask=valid_i)
-        a_ptr = A + rows_i[:, None] * (H * C) + h * C
-        cl = tl.arange(0, C)
-        if i > 0:
-            qg = qs_i * tl.exp(b_i - prefix[None, :])
-            kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
-            a_off = mm(qg, tl.trans(kg), False)
-            outside = (cl < i * SUB) | (cl >= (i + 1) * SUB)
-            tl.store(
-                a_ptr + cl[None, :],
-                tl.where(cl[None, :] < i * SUB, a_off, 0.0),
-                mask=rm_i[:, None] & outside[None, :],
+        for i in tl.static_range(C // SUB):
+            rows_i = t0 + i * SUB + sl
+            rm_i = rows_i < eos
+            loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(
+                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
             )
-        else:
-            tl.store(a_ptr + cl[None, :], tl.zeros([SUB, C], tl.float32), mask=rm_i[:, None] & (cl >= SUB)[None, :])
-        a_d = tl.zeros([SUB, SUB], tl.float32)
-        for j in tl.static_range(SUB):
-            kb_j = tl.sum(tl.where(sl[:, None] == j, kb_i, 0.0), axis=0)
-            b_j = tl.sum(tl.where(sl[:, None] == j, b_i, 0.0), axis=0)
-            ex = tl.exp(tl.where(sl[:, None] >= j, b_i - b_j[None, :], float("-inf")))
-            col = tl.sum(qs_i * kb_j[None, :] * ex, axis=1)
-            a_d = tl.where(sl[None, :] == j, col[:, None], a_d)
-        tl.store(a_ptr + i * SUB + sl[None, :], a_d, mask=rm_i[:, None])
+            prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
+            b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
+            a_ptr = A + rows_i[:, None] * (H * C) + h * C
+            if i > 0:
+                qg = qs_i * tl.exp(b_i - prefix[None, :])
+                kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
+                a_off = mm(qg, tl.trans(kg), False)
+                cl = tl.arange(0, C)
+                outside = (cl < i * SUB) | (cl >= (i + 1) * SUB)
+                tl.store(
+                    a_ptr + cl[None, :],
+                    tl.where(cl[None, :] < i * SUB, a_off, 0.0),
+                    mask=rm_i[:, None] & outside[None, :],
+                )
+            elif C > SUB:
+                cl = tl.arange(0, C)
+                tl.store(
+                    a_ptr + cl[None, :],
+                    tl.zeros([SUB, C], tl.float32),
+                    mask=rm_i[:, None] & (cl >= SUB)[None, :],
+                )
+            # the diagonal block at once, from a [SUB, SUB, BK] tile of e^(b_t - b_s) for s <= t
+            a_d = tl.sum(qs_i[:, None, :] * kb_i[None, :, :] * _pair_decay(b_i, sl), axis=2)
+            tl.store(a_ptr + i * SUB + sl[None, :], a_d, mask=rm_i[:, None])
 
 
 @triton.jit
@@ -183,7 +186,6 @@ def _fwd(
     A,
     h0,
     hT,
-    hbuf,
     cu,
     coff,
     V,
@@ -194,7 +196,6 @@ def _fwd(
     BV: tl.constexpr,
     HAS_INIT: tl.constexpr,
     LOWP: tl.constexpr,
-    SPLIT: tl.constexpr,
 ):
     iv = tl.program_id(0)
     pid = tl.program_id(1)
@@ -221,14 +222,10 @@ def _fwd(
         vmask = rm[:, None] & vm[None, :]
         v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
         v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
-        if SPLIT:  # keep the state at every chunk start; _fwd_chunk forms the outputs chunk-parallel
-            tl.store(hbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], S,
-                     mask=km[:, None] & vm[None, :])
-        else:
-            qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
-            a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
-            out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
-            tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
+        qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
+        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
+        out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
+        tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
         S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
     tl.store(hT + s_ptr, S, mask=km[:, None] & vm[None, :])
 
@@ -252,7 +249,7 @@ def _fwd_chunk(
     BV: tl.constexpr,
     LOWP: tl.constexpr,
 ):
-    """o = qe S_c + A v for one chunk and V block, from the chunk-start state the SPLIT walk stored."""
+    """o = qe S_c + A v for one chunk and V block, from the chunk-start state :func:`_walk` stored."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
     iv = tl.program_id(2)
@@ -275,6 +272,74 @@ def _fwd_chunk(
 
 
 @triton.jit
+def _walk(
+    a,
+    b,
+    dec,
+    x0,
+    xbuf,
+    xT,
+    dhT,
+    finp,
+    cu,
+    coff,
+    V,
+    H: tl.constexpr,
+    K: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    REVERSE: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+    FINP: tl.constexpr,
+    LOWP: tl.constexpr,
+):
+    """X <- dec_c * X + a_c^T b_c over one sequence's chunks, for a [BK, BV] block of X, storing X before
+    every update in ``xbuf`` (the split forms' only sequential part).
+
+    Forward (a = ke, b = v): the states at chunk starts. REVERSE (a = qe, b = dO): dS at chunk ends. Rows
+    of X are independent, so the grid splits K as well as V: many light programs hide the walk's latency.
+    FINP (forward only): this block's part of the final-state term of d(log alpha), sum_v dS_T * S_T.
+    """
+    ik = tl.program_id(0)
+    iv = tl.program_id(1)
+    pid = tl.program_id(2)
+    seq = pid // H
+    h = pid % H
+    bos = tl.load(cu + seq)
+    eos = tl.load(cu + seq + 1)
+    c0 = tl.load(coff + seq)
+    nch = tl.cdiv(eos - bos, C)
+    kk = ik * BK + tl.arange(0, BK)
+    vv = iv * BV + tl.arange(0, BV)
+    km = kk < K
+    vm = vv < V
+    smask = km[:, None] & vm[None, :]
+    s_ptr = ((seq * H + h) * K + kk[:, None]) * V + vv[None, :]
+    if HAS_INIT:
+        X = tl.load(x0 + s_ptr, mask=smask, other=0.0).to(tl.float32)
+    else:
+        X = tl.zeros([BK, BV], tl.float32)
+    rl = tl.arange(0, C)
+    for i in range(0, nch):
+        c = nch - 1 - i if REVERSE else i
+        rows = bos + c * C + rl
+        rm = rows < eos
+        tl.store(xbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], X.to(xbuf.dtype.element_ty),
+                 mask=smask)
+        a_c = _load_rows(a + h * K, rows, kk, rm, km, H * K)
+        b_c = tl.load(b + rows[:, None] * (H * V) + h * V + vv[None, :], mask=rm[:, None] & vm[None, :], other=0.0)
+        d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
+        X = d_c[:, None] * X + mm_tf32(tl.trans(a_c), b_c, LOWP)
+    if STORE_FINAL:
+        tl.store(xT + s_ptr, X, mask=smask)
+    if FINP:
+        dS = tl.load(dhT + s_ptr, mask=smask, other=0.0).to(tl.float32)
+        tl.store(finp + (iv * tl.num_programs(2) + pid) * K + kk, tl.sum(dS * X, axis=1), mask=km)
+
+
+@triton.jit
 def _bwd_state(
     v,
     do,
@@ -285,7 +350,6 @@ def _bwd_state(
     h0,
     dhT,
     hbuf,
-    dsbuf,
     dv,
     dh0,
     dQp,
@@ -304,7 +368,6 @@ def _bwd_state(
     HAS_INIT: tl.constexpr,
     HAS_DHT: tl.constexpr,
     LOWP: tl.constexpr,
-    SPLIT: tl.constexpr,
 ):
     iv = tl.program_id(0)
     pid = tl.program_id(1)
@@ -352,23 +415,18 @@ def _bwd_state(
         vmask = rm[:, None] & vm[None, :]
         v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
         do_c = tl.load(do + v_ptr, mask=vmask, other=0.0)
-        if SPLIT:  # keep dS at every chunk end; _bwd_chunk does the rest chunk-parallel
-            tl.store(dsbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], dS, mask=smask)
-        else:
-            ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
-            a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
-            hs = tl.load(
-                hbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], mask=smask, other=0.0
-            )
-            v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
-            dv_c = mm_tf32(ke_c, dS, LOWP) + mm_tf32(tl.trans(a_c), do_c, LOWP)
-            tl.store(dv + v_ptr, dv_c.to(dv.dtype.element_ty), mask=vmask)
-            p_rows = (iv * TT + rows[:, None]) * H + h
-            d_a = tl.where(rl[:, None] >= rl[None, :], mm(do_c, tl.trans(v_c), LOWP), 0.0)
-            tl.store(dAp + p_rows * C + rl[None, :], d_a, mask=rm[:, None])
-            kmask = rm[:, None] & km[None, :]
-            tl.store(dQp + p_rows * K + kk[None, :], mm_tf32(do_c, tl.trans(hs), LOWP), mask=kmask)
-            tl.store(dKp + p_rows * K + kk[None, :], mm_tf32(v_c, tl.trans(dS), LOWP), mask=kmask)
+        ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
+        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
+        hs = tl.load(hbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], mask=smask, other=0.0)
+        v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
+        dv_c = mm_tf32(ke_c, dS, LOWP) + mm_tf32(tl.trans(a_c), do_c, LOWP)
+        tl.store(dv + v_ptr, dv_c.to(dv.dtype.element_ty), mask=vmask)
+        p_rows = (iv * TT + rows[:, None]) * H + h
+        d_a = tl.where(rl[:, None] >= rl[None, :], mm(do_c, tl.trans(v_c), LOWP), 0.0)
+        tl.store(dAp + p_rows * C + rl[None, :], d_a, mask=rm[:, None])
+        kmask = rm[:, None] & km[None, :]
+        tl.store(dQp + p_rows * K + kk[None, :], mm_tf32(do_c, tl.trans(hs), LOWP), mask=kmask)
+        tl.store(dKp + p_rows * K + kk[None, :], mm_tf32(v_c, tl.trans(dS), LOWP), mask=kmask)
         dS = d_c[:, None] * dS + mm_tf32(tl.trans(qe_c), do_c, LOWP)
     if HAS_INIT:
         tl.store(dh0 + s_ptr, dS, mask=smask)
@@ -402,9 +460,9 @@ def _bwd_chunk(
 ):
     """One chunk, one slice of NVB V blocks: dv, and this slice's V-sums of dO S^T, v dS^T and dO v^T.
 
-    The chunk-parallel half of the backward when ``_bwd_state`` runs with SPLIT (it then only carries
-    dS and stores it per chunk): every chunk's work here is independent, so the sequential walk is one
-    dot per chunk and there are only a few V-slice partials instead of one per V block of the walk.
+    The chunk-parallel half of the split backward (after the :func:`_walk` pair stored S at chunk starts
+    and dS at chunk ends): every chunk's work here is independent, and there are only a few V-slice
+    partials instead of one per V block of the fused walk.
     """
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -478,11 +536,8 @@ def _bwd_intra(
     C: tl.constexpr,
     BK: tl.constexpr,
 ):
-    # one program per (chunk, head, sub-chunk i), as in _prep: each forms the chunk's gates again and
-    # writes its own SUB rows of every output
     pid = tl.program_id(0)
     h = tl.program_id(1)
-    i = tl.program_id(2)
     seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
     if seq >= 0:
         rl = tl.arange(0, C)
@@ -497,68 +552,56 @@ def _bwd_intra(
         b = tl.cumsum(loga, axis=0)
         b_last = tl.sum(loga, axis=0)
         sl = tl.arange(0, SUB)
-        rows_i = t0 + i * SUB + sl
-        rm_i = rows_i < eos
-        v_i = rm_i[:, None] & cmask[None, :]
-        loga_i, kb_i, kh_i, beta_i, g_i, tau_i, rn_i, qs_i = _load_gates(
-            q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
-        )
-        prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
-        b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
-        r_i = prefix + tl.sum(loga_i, axis=0)  # b at this sub-chunk's last row
-        # inter-chunk parts, from the V-reduced partials
-        dqs = tl.exp(b_i) * _sum_partials(dQp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV)
-        dkb = tl.exp(b_last[None, :] - b_i) * _sum_partials(
-            dKp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV
-        )
-        # intra-chunk, earlier sub-chunks (columns s < i*SUB) for dq
-        if i > 0:
-            da_row = _sum_partials(dAp + h * C, rows_i, rl, rm_i, rl < i * SUB, H * C, TT * H * C, NV)
-            kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
-            dqs += tl.exp(b_i - prefix[None, :]) * mm(da_row, kg, False)
-        # intra-chunk, later sub-chunks (rows t >= (i+1)*SUB) for dk
-        if i < C // SUB - 1:
-            da_col = _sum_partials(
-                dAp + h * C + i * SUB,
-                rows,
-                sl,
-                rmask & (rl >= (i + 1) * SUB),
-                sl < SUB,
-                H * C,
-                TT * H * C,
-                NV,
+        for i in tl.static_range(C // SUB):
+            rows_i = t0 + i * SUB + sl
+            rm_i = rows_i < eos
+            v_i = rm_i[:, None] & cmask[None, :]
+            loga_i, kb_i, kh_i, beta_i, g_i, tau_i, rn_i, qs_i = _load_gates(
+                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
             )
-            qg = qs * tl.exp(tl.where(rl[:, None] >= (i + 1) * SUB, b - r_i[None, :], float("-inf")))
-            dkb += tl.exp(r_i[None, :] - b_i) * mm(tl.trans(da_col), qg, False)
-        # diagonal block, pairwise with s <= t
-        da_d = _sum_partials(dAp + h * C + i * SUB, rows_i, sl, rm_i, sl < SUB, H * C, TT * H * C, NV)
-        for j in tl.static_range(SUB):
-            sel = sl[:, None] == j
-            kb_j = tl.sum(tl.where(sel, kb_i, 0.0), axis=0)
-            qs_j = tl.sum(tl.where(sel, qs_i, 0.0), axis=0)
-            b_j = tl.sum(tl.where(sel, b_i, 0.0), axis=0)
-            da_cj = tl.sum(tl.where(sl[None, :] == j, da_d, 0.0), axis=1)  # dA[t, j]
-            da_rj = tl.sum(tl.where(sel, da_d, 0.0), axis=0)  # dA[j, s]
-            dqs += (
-                da_cj[:, None]
-                * kb_j[None, :]
-                * tl.exp(tl.where(sl[:, None] >= j, b_i - b_j[None, :], float("-inf")))
+            prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
+            b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
+            r_i = prefix + tl.sum(loga_i, axis=0)  # b at this sub-chunk's last row
+            # inter-chunk parts, from the V-reduced partials
+            dqs = tl.exp(b_i) * _sum_partials(dQp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV)
+            dkb = tl.exp(b_last[None, :] - b_i) * _sum_partials(
+                dKp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV
             )
-            dkb += (
-                da_rj[:, None]
-                * qs_j[None, :]
-                * tl.exp(tl.where(sl[:, None] <= j, b_j[None, :] - b_i, float("-inf")))
-            )
-        ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
-        tl.store(dq + ptr, (dqs * scale).to(dq.dtype.element_ty), mask=v_i)
-        tl.store(db + ptr, qs_i * dqs - kb_i * dkb, mask=v_i)
-        dkh = dkb * beta_i
-        dk_i = rn_i[:, None] * (dkh - kh_i * tl.sum(dkh * kh_i, axis=1)[:, None])
-        tl.store(dk + ptr, dk_i.to(dk.dtype.element_ty), mask=v_i)
-        dbeta = dkb * kh_i
-        safe_g = tl.where(g_i > 0.0, g_i, 1.0)
-        tl.store(dgb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tau_i / safe_g, 0.0), mask=v_i)
-        tl.store(dtb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tl.log(safe_g), 0.0), mask=v_i)
+            # intra-chunk, earlier sub-chunks (columns s < i*SUB) for dq
+            if i > 0:
+                da_row = _sum_partials(dAp + h * C, rows_i, rl, rm_i, rl < i * SUB, H * C, TT * H * C, NV)
+                kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
+                dqs += tl.exp(b_i - prefix[None, :]) * mm(da_row, kg, False)
+            # intra-chunk, later sub-chunks (rows t >= (i+1)*SUB) for dk
+            if i < C // SUB - 1:
+                da_col = _sum_partials(
+                    dAp + h * C + i * SUB,
+                    rows,
+                    sl,
+                    rmask & (rl >= (i + 1) * SUB),
+                    sl < SUB,
+                    H * C,
+                    TT * H * C,
+                    NV,
+                )
+                qg = qs * tl.exp(tl.where(rl[:, None] >= (i + 1) * SUB, b - r_i[None, :], float("-inf")))
+                dkb += tl.exp(r_i[None, :] - b_i) * mm(tl.trans(da_col), qg, False)
+            # diagonal block, pairwise with s <= t
+            da_d = _sum_partials(dAp + h * C + i * SUB, rows_i, sl, rm_i, sl < SUB, H * C, TT * H * C, NV)
+            # the diagonal block at once: [t, s, k] tiles, summed over s for dq and over t for dk
+            e = da_d[:, :, None] * _pair_decay(b_i, sl)
+            dqs += tl.sum(e * kb_i[None, :, :], axis=1)
+            dkb += tl.sum(e * qs_i[:, None, :], axis=0)
+            ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
+            tl.store(dq + ptr, (dqs * scale).to(dq.dtype.element_ty), mask=v_i)
+            tl.store(db + ptr, qs_i * dqs - kb_i * dkb, mask=v_i)
+            dkh = dkb * beta_i
+            dk_i = rn_i[:, None] * (dkh - kh_i * tl.sum(dkh * kh_i, axis=1)[:, None])
+            tl.store(dk + ptr, dk_i.to(dk.dtype.element_ty), mask=v_i)
+            dbeta = dkb * kh_i
+            safe_g = tl.where(g_i > 0.0, g_i, 1.0)
+            tl.store(dgb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tau_i / safe_g, 0.0), mask=v_i)
+            tl.store(dtb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tl.log(safe_g), 0.0), mask=v_i)
 
 
 @triton.jit
@@ -653,4 +696,7 @@ def _decode(
     tl.store(o + pid * V + vv, out.to(o.dtype.element_ty), mask=vm)
 
 
-__all__ = ["SUB", "_bwd_gates", "_chunk_totals", "_bwd_intra", "_bwd_state", "_decode", "_fwd", "_prep", "triton"]
+__all__ = [
+    "SUB", "_bwd_chunk", "_bwd_gates", "_bwd_intra", "_bwd_state", "_chunk_totals", "_decode", "_fwd", "_fwd_chunk",
+    "_prep", "_walk", "triton",
+]
