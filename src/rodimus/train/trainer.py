@@ -327,6 +327,8 @@ class Trainer:
                 "tok_per_s": tokens_per_step / dt,
                 "elapsed_s": round(self.elapsed, 3),
             }
+            if info.device.type == "cuda":  # this rank's peak (ranks are symmetric under DDP/FSDP2)
+                row["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated(info.device) / 2**30, 2)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at step {self.step}; lower lr or check the data")
             if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:

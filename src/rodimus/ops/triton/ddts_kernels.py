@@ -8,7 +8,8 @@ Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is 
   need: ``qe = scale q e^b``, ``ke = beta k_hat e^(b_last - b)``, ``dec = e^b_last`` and the causal
   intra-chunk scores ``A[t, s] = sum_k scale q_t k_s e^(b_t - b_s)``. A is built from 16-row
   sub-chunks: off-diagonal blocks factor through the decay at the sub-chunk boundary (both factors
-  have exponent <= 0), the diagonal block is formed pairwise with s <= t only. No positive exponent
+  have exponent <= 0), the diagonal block as one [16, 16, K] tile of e^(b_t - b_s) with s <= t only (a
+  loop over its columns was 1.3x slower in ``_prep``, 1.9x in ``_bwd_intra``). No positive exponent
   is ever taken, so nothing overflows however strong the decay.
 * ``_fwd``: one program per (V block, sequence, head) walks the chunks carrying its [K, BV] state in
   registers: ``o = qe S + A v``, ``S = dec S + ke^T v``. The state never touches HBM.
