@@ -106,5 +106,8 @@ def head_rows_view(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous().view(B * T, H, D)
 
 
+cdiv = triton.cdiv  # grid sizes: ceil(a / b) for ints
+
+
 def next_pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))

@@ -8,7 +8,7 @@ from rodimus.ops.ddts.chunk import ddts_chunk
 from rodimus.ops.ddts.common import check_ddts_inputs
 from rodimus.ops.packing import derived
 from rodimus.ops.triton import ddts_kernels as kern
-from rodimus.ops.triton._common import head_rows_view, next_pow2
+from rodimus.ops.triton._common import cdiv, head_rows_view, next_pow2
 
 _LOWP = (torch.bfloat16, torch.float16)
 
@@ -50,7 +50,7 @@ def _sequences(cu_seqlens, B, T, C, device):
     """cu (int32 row offsets), chunk table (seq, chunk-in-seq per program), per-seq chunk offsets."""
     if cu_seqlens is None:
         cu = torch.arange(B + 1, device=device, dtype=torch.int32) * T
-        nch = max(1, -(-T // C))
+        nch = max(1, cdiv(T, C))
         n_slots = B * nch
         slot = torch.arange(n_slots, device=device, dtype=torch.int32)
         chunk_seq, chunk_idx = slot // nch, slot % nch
@@ -126,10 +126,10 @@ def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None,
     n_sh = (cu.numel() - 1) * H
     BK, BV = min(cfg["BK"], next_pow2(K)), min(cfg["BV"], next_pow2(V))
     xbuf = torch.empty(n_chunks, H, K, V, device=a.device, dtype=torch.bfloat16 if lowp_states else torch.float32)
-    NV = triton_cdiv(V, BV)
+    NV = cdiv(V, BV)
     finp = torch.empty(NV, n_sh, K, device=a.device, dtype=torch.float32) if dhT is not None else None
     if n_sh:
-        kern._walk[(triton_cdiv(K, BK), NV, n_sh)](
+        kern._walk[(cdiv(K, BK), NV, n_sh)](
             a, b, dec, x0 if x0 is not None else xbuf, xbuf, xT if xT is not None else xbuf,
             dhT if dhT is not None else xbuf, finp if finp is not None else xbuf, cu, coff, V,
             H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, HAS_INIT=x0 is not None, STORE_FINAL=xT is not None,
@@ -163,13 +163,13 @@ class _DDTSFunction(torch.autograd.Function):
         lowp = v.dtype in _LOWP
         saved_states = None
         BV = min(cfg["BV"], next_pow2(V))
-        if cfg.get("split", False) or n_seq * H * triton_cdiv(V, BV) <= cfg.get("split_max_programs", 0):
+        if cfg.get("split", False) or n_seq * H * cdiv(V, BV) <= cfg.get("split_max_programs", 0):
             grad = any(ctx.needs_input_grad)
             lowp_states = lowp and not grad and LAUNCH["walk"].get("lowp_states", False)
             hbuf, _ = _walk(ke, v, dec, h0c, hT, seqs, H, K, V, C, lowp, lowp_states=lowp_states)
             if seqs[4]:
                 BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
-                kern._fwd_chunk[(seqs[4], H, triton_cdiv(V, BVc))](
+                kern._fwd_chunk[(seqs[4], H, cdiv(V, BVc))](
                     v, o, qe, A, hbuf, seqs[1], seqs[2], seqs[0], seqs[3], V,
                     H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=lowp, num_warps=cfg.get("chunk_warps", 4),
                 )  # fmt: skip
@@ -177,7 +177,7 @@ class _DDTSFunction(torch.autograd.Function):
                 saved_states = hbuf
             del hbuf
         else:
-            kern._fwd[(triton_cdiv(V, BV), n_seq * H)](
+            kern._fwd[(cdiv(V, BV), n_seq * H)](
                 v, o, qe, ke, dec, A, h0c if h0c is not None else hT, hT, seqs[0], seqs[3], V,
                 H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0c is not None, LOWP=lowp,
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
@@ -212,9 +212,9 @@ class _DDTSFunction(torch.autograd.Function):
             dsbuf, _ = _walk(qe, do, dec, dhT, dh0, seqs, H, K, V, C, lowp, reverse=True)
             # _bwd_chunk: n_part slices of NVB blocks of BVc columns; one partial per slice
             BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
-            n_blocks = triton_cdiv(V, BVc)
-            NVB = triton_cdiv(n_blocks, min(cfg.get("slices", 4), n_blocks))
-            n_part = triton_cdiv(n_blocks, NVB)
+            n_blocks = cdiv(V, BVc)
+            NVB = cdiv(n_blocks, min(cfg.get("slices", 4), n_blocks))
+            n_part = cdiv(n_blocks, NVB)
             dQp, dKp = (torch.empty(n_part, TT, H, K, **f32) for _ in range(2))
             dAp = torch.empty(n_part, TT, H, C, **f32)
             if n_slots:
@@ -227,7 +227,7 @@ class _DDTSFunction(torch.autograd.Function):
                 finp = torch.zeros(1, n_seq * H, K, **f32)
         else:
             BV = min(cfg["BV"], next_pow2(V))
-            n_part = triton_cdiv(V, BV)
+            n_part = cdiv(V, BV)
             hbuf = torch.empty(n_chunks, H, K, V, **f32)
             dQp, dKp = (torch.empty(n_part, TT, H, K, **f32) for _ in range(2))
             dAp = torch.empty(n_part, TT, H, C, **f32)
@@ -295,10 +295,6 @@ class _DDTSFunction(torch.autograd.Function):
             None,
             None,
         )
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def ddts_triton(
@@ -380,7 +376,7 @@ def ddts_decode_(
     scale = K**-0.5 if scale is None else float(scale)
     o = torch.empty_like(v)
     BV = min(128, next_pow2(V))
-    kern._decode[(triton_cdiv(V, BV), B * H)](
+    kern._decode[(cdiv(V, BV), B * H)](
         q.contiguous(),
         k.contiguous(),
         v.contiguous(),

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from rodimus.ops.norm import check_gated_norm_inputs, gated_rms_norm
-from rodimus.ops.triton._common import INTERPRET, sigmoid
+from rodimus.ops.triton._common import INTERPRET, cdiv, sigmoid
 from rodimus.ops.triton._common import rows_view as _rows
 
 
@@ -125,8 +125,8 @@ class _GatedNorm(torch.autograd.Function):
         dg = torch.empty(N, D, device=o2.device, dtype=g2.dtype) if has_gate else do
         dx = torch.empty(N, D, device=o2.device, dtype=x2.dtype) if has_skip else do
         n_prog = max(1, min(N, 4 * _sm_count(o2.device)))
-        rows = -(-N // n_prog) if N else 1
-        n_prog = -(-N // rows) if N else 1
+        rows = cdiv(N, n_prog) if N else 1
+        n_prog = cdiv(N, rows) if N else 1
         part = torch.empty if N else torch.zeros  # every launched program writes its whole partial row
         dwp = part(n_prog, D, device=o2.device, dtype=torch.float32)
         dsp = part(n_prog, D, device=o2.device, dtype=torch.float32) if has_skip else dwp

@@ -13,15 +13,11 @@ import torch
 from rodimus.ops.packing import derived, document_starts
 from rodimus.ops.short_conv import _check, short_conv
 from rodimus.ops.triton import short_conv_kernels as kern
-from rodimus.ops.triton._common import next_pow2
+from rodimus.ops.triton._common import cdiv, next_pow2
 
 # (rows, max channels, warps) per program of each kernel
 _BLOCKS = {"fwd": (64, 128, 4), "dpre": (64, 64, 4), "dx": (64, 128, 4)}
 _TARGET_PROGRAMS = 4096  # backward: merge row tiles per program above this (smaller partial sums)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def _row_major(t: torch.Tensor) -> torch.Tensor:
@@ -92,7 +88,7 @@ class _ShortConvFunction(torch.autograd.Function):
         y = torch.empty(B, T, D, device=x.device, dtype=x.dtype)
         BT, BD, warps = _blocks("fwd", D, W)
         if T and D:
-            kern._fwd[(_cdiv(T, BT), _cdiv(D, BD), B)](
+            kern._fwd[(cdiv(T, BT), cdiv(D, BD), B)](
                 x, w, bias if bias is not None else w, h0t if h0t is not None else w, pos if pos is not None else w,
                 y, T, D, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
                 *(h0t.stride()[:2] if h0t is not None else (0, 0)),
@@ -140,9 +136,9 @@ def _backward(x, w, bias, h0t, pos, dy, dx, dh0t, silu):
     W = w.shape[1]
     f32 = dict(device=x.device, dtype=torch.float32)
     BT, BD, warps = _blocks("dpre", D, W)
-    n_tiles, n_d = _cdiv(T, BT), _cdiv(D, BD)
+    n_tiles, n_d = cdiv(T, BT), cdiv(D, BD)
     steps = _bwd_steps(n_tiles, n_d * B)
-    n_prog = _cdiv(n_tiles, steps)
+    n_prog = cdiv(n_tiles, steps)
     WP = next_pow2(W, 1)
     dwp = torch.empty(n_prog * B, WP, D, **f32)
     dbp = torch.empty(n_prog * B, D, **f32) if bias is not None else dwp
@@ -156,7 +152,7 @@ def _backward(x, w, bias, h0t, pos, dy, dx, dh0t, silu):
         DH0=dh0t is not None, PACKED=pos is not None, SILU=silu, num_warps=warps,
     )  # fmt: skip
     BT, BD, warps = _blocks("dx", D, W)
-    kern._bwd_dx[(_cdiv(T, BT), _cdiv(D, BD), B)](
+    kern._bwd_dx[(cdiv(T, BT), cdiv(D, BD), B)](
         dpre, w, pos if pos is not None else w, dx, T, D, W=W, BT=BT, BD=BD, PACKED=pos is not None,
         num_warps=warps,
     )  # fmt: skip

@@ -8,7 +8,7 @@ from rodimus.ops.packing import document_starts
 from rodimus.ops.swska.blocked import swska_blocked
 from rodimus.ops.swska.common import check_swska_inputs
 from rodimus.ops.triton import swska_kernels as kern
-from rodimus.ops.triton._common import next_pow2
+from rodimus.ops.triton._common import cdiv, next_pow2
 
 _LOWP = (torch.bfloat16, torch.float16)
 _TARGET_PROGRAMS = 264  # about two per multiprocessor of an H100/H200
@@ -49,7 +49,7 @@ class _SWSKAFunction(torch.autograd.Function):
         o = torch.empty(B, T, H, DV, device=q.device, dtype=q.dtype)
         lse = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
         dummy = lse
-        kern._fwd[(-(-T // BM), B * H)](
+        kern._fwd[(cdiv(T, BM), B * H)](
             q,
             k,
             v,
@@ -86,13 +86,13 @@ class _SWSKAFunction(torch.autograd.Function):
         kmp = km if km is not None else dummy
         dsp = dstart if dstart is not None else dummy
         dq = torch.empty_like(q)
-        kern._bwd_dq[(-(-T // BM), B * H)](
+        kern._bwd_dq[(cdiv(T, BM), B * H)](
             q, k, v, do, lse, delta, dq, kmp, dsp, T, S, window, scale, **common, num_warps=4, num_stages=2
         )
-        n_kb = -(-S // BN)
+        n_kb = cdiv(S, BN)
         groups = max(1, min(H, _TARGET_PROGRAMS // max(1, n_kb * B)))
-        hpg = -(-H // groups)
-        groups = -(-H // hpg)
+        hpg = cdiv(H, groups)
+        groups = cdiv(H, hpg)
         dkp = torch.empty(groups, B, S, D, device=q.device, dtype=torch.float32)
         dv = torch.empty_like(v)
         kern._bwd_dkdv[(n_kb, B, groups)](
