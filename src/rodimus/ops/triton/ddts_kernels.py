@@ -178,6 +178,28 @@ def _prep(
 
 
 @triton.jit
+def _walk_start(x0, cu, coff, ik, iv, pid, H: tl.constexpr, K: tl.constexpr, V, C: tl.constexpr,
+                BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr):
+    """A walk program's sequence, [BK, BV] state block and starting state (x0's block, or zeros)."""
+    seq = pid // H
+    h = pid % H
+    bos = tl.load(cu + seq)
+    eos = tl.load(cu + seq + 1)
+    c0 = tl.load(coff + seq)
+    kk = ik * BK + tl.arange(0, BK)
+    vv = iv * BV + tl.arange(0, BV)
+    km = kk < K
+    vm = vv < V
+    smask = km[:, None] & vm[None, :]
+    s_ptr = ((seq * H + h) * K + kk[:, None]) * V + vv[None, :]
+    if HAS_INIT:
+        X = tl.load(x0 + s_ptr, mask=smask, other=0.0).to(tl.float32)
+    else:
+        X = tl.zeros([BK, BV], tl.float32)
+    return h, bos, eos, c0, tl.cdiv(eos - bos, C), kk, vv, km, vm, smask, s_ptr, X
+
+
+@triton.jit
 def _fwd(
     v,
     o,
@@ -198,24 +220,11 @@ def _fwd(
     HAS_INIT: tl.constexpr,
     LOWP: tl.constexpr,
 ):
-    iv = tl.program_id(0)
-    pid = tl.program_id(1)
-    seq = pid // H
-    h = pid % H
-    bos = tl.load(cu + seq)
-    eos = tl.load(cu + seq + 1)
-    c0 = tl.load(coff + seq)
-    kk = tl.arange(0, BK)
-    vv = iv * BV + tl.arange(0, BV)
-    km = kk < K
-    vm = vv < V
-    s_ptr = ((seq * H + h) * K + kk[:, None]) * V + vv[None, :]
-    if HAS_INIT:
-        S = tl.load(h0 + s_ptr, mask=km[:, None] & vm[None, :], other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros([BK, BV], tl.float32)
+    h, bos, eos, c0, nch, kk, vv, km, vm, smask, s_ptr, S = _walk_start(
+        h0, cu, coff, 0, tl.program_id(0), tl.program_id(1), H, K, V, C, BK, BV, HAS_INIT
+    )
     rl = tl.arange(0, C)
-    for c in range(0, tl.cdiv(eos - bos, C)):
+    for c in range(0, nch):
         rows = bos + c * C + rl
         rm = rows < eos
         ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
@@ -228,7 +237,7 @@ def _fwd(
         out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
         tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
         S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
-    tl.store(hT + s_ptr, S, mask=km[:, None] & vm[None, :])
+    tl.store(hT + s_ptr, S, mask=smask)
 
 
 @triton.jit
@@ -303,25 +312,11 @@ def _walk(
     of X are independent, so the grid splits K as well as V: many light programs hide the walk's latency.
     FINP (forward only): this block's part of the final-state term of d(log alpha), sum_v dS_T * S_T.
     """
-    ik = tl.program_id(0)
     iv = tl.program_id(1)
     pid = tl.program_id(2)
-    seq = pid // H
-    h = pid % H
-    bos = tl.load(cu + seq)
-    eos = tl.load(cu + seq + 1)
-    c0 = tl.load(coff + seq)
-    nch = tl.cdiv(eos - bos, C)
-    kk = ik * BK + tl.arange(0, BK)
-    vv = iv * BV + tl.arange(0, BV)
-    km = kk < K
-    vm = vv < V
-    smask = km[:, None] & vm[None, :]
-    s_ptr = ((seq * H + h) * K + kk[:, None]) * V + vv[None, :]
-    if HAS_INIT:
-        X = tl.load(x0 + s_ptr, mask=smask, other=0.0).to(tl.float32)
-    else:
-        X = tl.zeros([BK, BV], tl.float32)
+    h, bos, eos, c0, nch, kk, vv, km, vm, smask, s_ptr, X = _walk_start(
+        x0, cu, coff, tl.program_id(0), iv, pid, H, K, V, C, BK, BV, HAS_INIT
+    )
     rl = tl.arange(0, C)
     for i in range(0, nch):
         c = nch - 1 - i if REVERSE else i
@@ -372,22 +367,9 @@ def _bwd_state(
 ):
     iv = tl.program_id(0)
     pid = tl.program_id(1)
-    seq = pid // H
-    h = pid % H
-    bos = tl.load(cu + seq)
-    eos = tl.load(cu + seq + 1)
-    c0 = tl.load(coff + seq)
-    nch = tl.cdiv(eos - bos, C)
-    kk = tl.arange(0, BK)
-    vv = iv * BV + tl.arange(0, BV)
-    km = kk < K
-    vm = vv < V
-    smask = km[:, None] & vm[None, :]
-    s_ptr = ((seq * H + h) * K + kk[:, None]) * V + vv[None, :]
-    if HAS_INIT:
-        S = tl.load(h0 + s_ptr, mask=smask, other=0.0).to(tl.float32)
-    else:
-        S = tl.zeros([BK, BV], tl.float32)
+    h, bos, eos, c0, nch, kk, vv, km, vm, smask, s_ptr, S = _walk_start(
+        h0, cu, coff, 0, iv, pid, H, K, V, C, BK, BV, HAS_INIT
+    )
     rl = tl.arange(0, C)
     # forward walk: the state at every chunk start, kept for the backward walk
     for c in range(0, nch):
