@@ -76,6 +76,19 @@ def _load_gates(q, k, gp, tp, rows, cols, rmask, cmask, s_qk, s_g, scale, eps):
 
 
 @triton.jit
+def _chunk_decay(q, k, gp, tp, t0, eos, s_qk, s_g, scale, eps, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
+    """One chunk's rows from ``t0`` -> (row/column indices and masks, log alpha, beta k_hat, scale q, the
+    running log-decay b = cumsum of log alpha and its chunk total b_last)."""
+    rl = tl.arange(0, C)
+    rows = t0 + rl
+    rmask = rows < eos
+    cols = tl.arange(0, BK)
+    cmask = cols < K
+    loga, kb, _, _, _, _, _, qs = _load_gates(q, k, gp, tp, rows, cols, rmask, cmask, s_qk, s_g, scale, eps)
+    return rl, rows, rmask, cols, cmask, loga, kb, qs, tl.cumsum(loga, axis=0), tl.sum(loga, axis=0)
+
+
+@triton.jit
 def _chunk_of(pid, chunk_seq, chunk_idx, cu, C: tl.constexpr):
     seq = tl.load(chunk_seq + pid)
     c = tl.load(chunk_idx + pid)
@@ -127,18 +140,11 @@ def _prep(
     h = tl.program_id(1)
     seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
     if seq >= 0:
-        rl = tl.arange(0, C)
-        rows = t0 + rl
-        rmask = rows < eos
-        cols = tl.arange(0, BK)
-        cmask = cols < K
-        valid = rmask[:, None] & cmask[None, :]
         off = h * K
-        loga, kb, _, _, _, _, _, qs = _load_gates(
-            q + off, k + off, gp + off, tp + off, rows, cols, rmask, cmask, s_qk, s_g, scale, eps
+        rl, rows, rmask, cols, cmask, loga, kb, qs, b, b_last = _chunk_decay(
+            q + off, k + off, gp + off, tp + off, t0, eos, s_qk, s_g, scale, eps, K, C, BK
         )
-        b = tl.cumsum(loga, axis=0)
-        b_last = tl.sum(loga, axis=0)
+        valid = rmask[:, None] & cmask[None, :]
         ptr = rows[:, None] * (H * K) + off + cols[None, :]
         tl.store(qe + ptr, qs * tl.exp(b), mask=valid)
         tl.store(ke + ptr, kb * tl.exp(b_last[None, :] - b), mask=valid)
@@ -523,17 +529,10 @@ def _bwd_intra(
     h = tl.program_id(1)
     seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
     if seq >= 0:
-        rl = tl.arange(0, C)
-        rows = t0 + rl
-        rmask = rows < eos
-        cols = tl.arange(0, BK)
-        cmask = cols < K
         off = h * K
-        loga, kb, _, _, _, _, _, qs = _load_gates(
-            q + off, k + off, gp + off, tp + off, rows, cols, rmask, cmask, s_qk, s_g, scale, eps
+        rl, rows, rmask, cols, cmask, loga, kb, qs, b, b_last = _chunk_decay(
+            q + off, k + off, gp + off, tp + off, t0, eos, s_qk, s_g, scale, eps, K, C, BK
         )
-        b = tl.cumsum(loga, axis=0)
-        b_last = tl.sum(loga, axis=0)
         sl = tl.arange(0, SUB)
         for i in tl.static_range(C // SUB):
             rows_i = t0 + i * SUB + sl
