@@ -30,6 +30,16 @@ def _row_bounds(t, T, S, window, dstart, HAS_DOC: tl.constexpr):
 
 
 @triton.jit
+def _query_block(T, S, window, dstart, H: tl.constexpr, BD: tl.constexpr, BDV: tl.constexpr, BM: tl.constexpr,
+                 HAS_DOC: tl.constexpr):
+    """This program's (batch, head, BM query rows and their mask, key-range bounds, column ranges)."""
+    pid_bh = tl.program_id(1)
+    t = tl.program_id(0) * BM + tl.arange(0, BM)
+    p, lo = _row_bounds(t, T, S, window, dstart, HAS_DOC)
+    return pid_bh // H, pid_bh % H, t, t < T, p, lo, tl.arange(0, BD), tl.arange(0, BDV)
+
+
+@triton.jit
 def _head_rows(ptr, b, rows, h, n, H: tl.constexpr, cols, width: tl.constexpr):
     """ptr[b, rows, h, cols] of a [B, n, H, width] tensor, zero outside it."""
     return tl.load(
@@ -85,20 +95,12 @@ def _fwd(
     HAS_DOC: tl.constexpr,
     LOWP: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    t = pid_m * BM + tl.arange(0, BM)
-    tm = t < T
-    p, lo = _row_bounds(t, T, S, window, dstart, HAS_DOC)
-    d = tl.arange(0, BD)
-    dv = tl.arange(0, BDV)
+    b, h, t, tm, p, lo, d, dv = _query_block(T, S, window, dstart, H, BD, BDV, BM, HAS_DOC)
     q_t = _head_rows(q, b, t, h, T, H, d, D)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, BDV], tl.float32)
-    k_lo, k_hi = _key_range(tm, lo, S, T, pid_m, BM, BN)
+    k_lo, k_hi = _key_range(tm, lo, S, T, tl.program_id(0), BM, BN)
     for s0 in range(k_lo, k_hi, BN):
         s = s0 + tl.arange(0, BN)
         k_t, v_t = _kv_tile(k, v, b, h, s, d, dv, S, H, D, DV)
@@ -160,15 +162,7 @@ def _bwd_dq(
     HAS_DOC: tl.constexpr,
     LOWP: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    t = pid_m * BM + tl.arange(0, BM)
-    tm = t < T
-    p, lo = _row_bounds(t, T, S, window, dstart, HAS_DOC)
-    d = tl.arange(0, BD)
-    dv = tl.arange(0, BDV)
+    b, h, t, tm, p, lo, d, dv = _query_block(T, S, window, dstart, H, BD, BDV, BM, HAS_DOC)
     qmask = tm[:, None] & (d < D)[None, :]
     q_ptr = ((b * T + t[:, None]) * H + h) * D + d[None, :]
     q_t = _head_rows(q, b, t, h, T, H, d, D)
@@ -176,7 +170,7 @@ def _bwd_dq(
     lse_t = tl.load(lse + (b * H + h) * T + t, mask=tm, other=0.0)
     dl_t = tl.load(delta + (b * H + h) * T + t, mask=tm, other=0.0)
     acc = tl.zeros([BM, BD], tl.float32)
-    k_lo, k_hi = _key_range(tm, lo, S, T, pid_m, BM, BN)
+    k_lo, k_hi = _key_range(tm, lo, S, T, tl.program_id(0), BM, BN)
     for s0 in range(k_lo, k_hi, BN):
         s = s0 + tl.arange(0, BN)
         k_t, v_t = _kv_tile(k, v, b, h, s, d, dv, S, H, D, DV)
