@@ -6,7 +6,7 @@ process (eager, no CUDA graphs: what FSDP2 runs too) with micro-batch ``global``
 median step throughput after the first steps, the scaling efficiency (tokens/s per GPU over the 1-GPU
 rate), peak memory per GPU and the largest relative difference between the two loss curves.
 
-    python benchmarks/bench_multi_gpu.py --gpus 2 --steps 30 --out multi_gpu_out
+    python benchmarks/bench_multi_gpu.py --gpus 2 --steps 30
     python benchmarks/bench_multi_gpu.py --gpus 2 --steps 4 --presets tiny --seq-len 64 --global-batch 4   # CPU check
 """
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--skip", type=int, default=3, help="first steps left out of the throughput median")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per training job")
     p.add_argument("--runs", default="runs/multi_gpu", help="run folders")
-    p.add_argument("--out", default="multi_gpu_out", help="summary (JSON and metrics copies) here")
+    p.add_argument("--out", default="runs/multi_gpu", help="summary (JSON and metrics copies) here")
     args = p.parse_args(argv)
     if args.gpus < 2 or args.global_batch % args.gpus:
         raise ValueError(f"--gpus must be >= 2 and divide --global-batch {args.global_batch}, got {args.gpus}")
