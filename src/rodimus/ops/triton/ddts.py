@@ -12,11 +12,11 @@ from rodimus.ops.triton._common import cdiv, head_rows_view, next_pow2
 
 _LOWP = (torch.bfloat16, torch.float16)
 
+DEFAULT_CHUNK = 64  # the kernels' chunk when the caller gives none
+
 # Launch settings (V-block width, warps, pipeline stages). A module-level table rather than
 # @triton.autotune: the backward's partial-sum buffers are sized by BV, and
 # benchmarks/bench_kernels.py --only sweep times alternatives by editing this table.
-DEFAULT_CHUNK = 64  # the kernels' chunk when the caller gives none
-
 LAUNCH = {
     # the fused forward walk: one program per (V block, sequence, head). "split": True, or a fused grid of
     # at most "split_max_programs" programs (long sequences, small batch), uses _walk + the chunk-parallel
@@ -41,6 +41,8 @@ LAUNCH = {
     "prep": dict(num_warps=8),
     "intra": dict(num_warps=4),
 }
+
+
 def _kernel_chunk(chunk_size: int) -> int:
     """The kernel tiles by a power of two in [16, 128]; the torch form's chunk_size is a hint."""
     return min(128, next_pow2(chunk_size, 16))
