@@ -1,7 +1,9 @@
 """Chunked linear cross-entropy vs logits + F.cross_entropy: time and peak memory, forward + backward.
 
 Each form runs in a fresh subprocess so its peak memory is its own (CUDA: max_memory_allocated; CPU: peak
-resident set growth over the process and its inputs). Prints the ratios.
+resident set growth over the process and its inputs). Prints the ratios. On CUDA the chunked form runs
+twice: with the fused Triton row kernel (``chunked``, the default) and with the torch row form
+(``chunked-torch``, RODIMUS_KERNELS=torch), so the kernel's gain is measured in the same run.
 
     python benchmarks/bench_loss.py [--rows 4096] [--d-model 1024] [--vocab 32000] [--device cpu|cuda]
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -66,16 +69,22 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_form(args.form, args.rows, args.d_model, args.vocab, args.device, args.reps)))
         return
     rows = {}
-    for form in ("logits", "chunked"):
-        cmd = [sys.executable, __file__, "--form", form, "--rows", str(args.rows), "--d-model", str(args.d_model),
-               "--vocab", str(args.vocab), "--device", args.device, "--reps", str(args.reps)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        rows[form] = json.loads(out)
-        print(out, flush=True)
+    forms = ("logits", "chunked", "chunked-torch") if args.device == "cuda" else ("logits", "chunked")
+    for form in forms:
+        cmd = [sys.executable, __file__, "--form", form.split("-")[0], "--rows", str(args.rows),
+               "--d-model", str(args.d_model), "--vocab", str(args.vocab), "--device", args.device,
+               "--reps", str(args.reps)]
+        env = {**os.environ, "RODIMUS_KERNELS": "torch"} if form == "chunked-torch" else None
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1]
+        rows[form] = {**json.loads(out), "form": form}
+        print(json.dumps(rows[form]), flush=True)
     a, b = rows["logits"], rows["chunked"]
     print(f"rows {args.rows} d {args.d_model} vocab {args.vocab} on {args.device}: chunked/logits time "
           f"{b['ms'] / a['ms']:.2f}x, peak memory {b['peak_MiB']:.0f} vs {a['peak_MiB']:.0f} MiB "
           f"(loss equal: {abs(a['loss'] - b['loss']) <= 1e-4 * abs(a['loss'])})")
+    if "chunked-torch" in rows:
+        c = rows["chunked-torch"]
+        print(f"fused row kernel: {c['ms']:.2f} -> {b['ms']:.2f} ms ({c['ms'] / b['ms']:.2f}x faster)")
 
 
 if __name__ == "__main__":

@@ -59,9 +59,11 @@ def _compile_only(launches: collections.Counter) -> None:
 
 def _drive() -> None:
     from rodimus.models.static_decode import StaticDecoder
-    from rodimus.ops.triton import ddts
+    from rodimus.ops.triton import ddts, softmax_xent_grad_triton_
     from tests.models.harness import build, rand_ids, tiny_config
 
+    for dtype in (torch.float32, torch.bfloat16):  # the loss head's row kernel (CUDA-only in the model)
+        softmax_xent_grad_triton_(torch.zeros(3, 50, dtype=dtype), torch.tensor([1, -1, 4]))
     ddts.LAUNCH["fwd"]["split_max_programs"] = 0  # the fused forward walk first (tiny grids pick the split)
     for block_type in ("rodimus", "rodimus_plus"):
         model = build(tiny_config(block_type, d_model=32, mixer_cfg=dict(mem_size=16), kernel_backend="triton"))

@@ -63,6 +63,25 @@ def test_plain_rms_norm(dtype):
         assert_close(name, a.detach().cpu(), b.detach(), rel=TOL[dtype])
 
 
+def test_rms_norm_out_dtype():
+    """A float32 residual normalised straight into bf16 (what autocast's projection reads): the values of
+    normalising in float32 and casting, within one bf16 step (the interpreter's cast truncates where
+    the GPU's rounds to nearest), and a bf16 output gradient gives a float32 input one."""
+    x, _, w, _, _ = _inputs((4, 5, 48), torch.float32, False)
+    y = rms_norm_triton(x, w, 1e-6, torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and x.dtype == torch.float32
+    ulp = dict(rtol=2**-7, atol=1e-6)
+    torch.testing.assert_close(y, rms_norm(x, w, 1e-6).to(torch.bfloat16), **ulp)
+    torch.testing.assert_close(y, rms_norm(x, w, 1e-6, torch.bfloat16), **ulp)
+    xr, wr = (t.detach().double().cpu().requires_grad_() for t in (x, w))
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(torch.bfloat16)
+    y.backward(dy.to(DEV))
+    rms_norm(xr, wr, 1e-6).backward(dy.double())
+    assert x.grad.dtype == torch.float32 and w.grad.dtype == torch.float32
+    assert_close("dx", x.grad.cpu(), xr.grad, rel=1e-4)
+    assert_close("dweight", w.grad.cpu(), wr.grad, rel=1e-4)
+
+
 def test_reference_matches_unfused_definition():
     """The folded skip term equals adding it first and normalising afterwards (the layer's old form)."""
     o, gate, w, x, d = (t.detach() for t in _inputs((3, 4, 24), torch.float64, True))

@@ -25,6 +25,7 @@ KERNELS = {  # every kernel the ops launch (helpers called inside kernels are co
     "norm": ["_fwd", "_bwd"],
     "gating": ["_fwd", "_bwd"],
     "rotary": ["_rotate"],
+    "cross_entropy": ["_xent_rows"],
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rodimus.layers.linear import split_linear
 from rodimus.layers.rotary import RotaryEmbedding
 from rodimus.ops.dispatch import get_op, resolve_backend
 
@@ -33,7 +34,7 @@ class SlidingWindowSharedKeyAttention(nn.Module):
             return self.q_proj(h), self.k_proj(h), self.v_proj(h)
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]
-        return torch.nn.functional.linear(h, w).split(sizes, dim=-1)
+        return split_linear(h, w, sizes)
 
     def forward(
         self,

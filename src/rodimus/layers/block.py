@@ -48,11 +48,13 @@ class RodimusBlock(GradientCheckpointingLayer):
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = hidden_states.float() if self.residual_in_fp32 else hidden_states
-        dtype = self.mixer_norm.weight.dtype
+        # the norms write their output in the dtype the projections after them compute in
+        dev = h.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.mixer_norm.weight.dtype
         T = h.shape[1]
         token_mask = attention_mask[:, -T:] if attention_mask is not None else None
-        r = h + self.mixer(self.mixer_norm(h).to(dtype), token_mask, cache, cu_seqlens)
+        r = h + self.mixer(self.mixer_norm(h, dtype), token_mask, cache, cu_seqlens)
         if not self.is_plus:
             return r
-        a = self.attn(self.attn_norm(r).to(dtype), attention_mask, cache, cu_seqlens, position_ids)
-        return r + self.ffn(self.ffn_norm(r + a).to(dtype))
+        a = self.attn(self.attn_norm(r, dtype), attention_mask, cache, cu_seqlens, position_ids)
+        return r + self.ffn(self.ffn_norm(r + a, dtype))

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rodimus.layers.linear import split_linear
 from rodimus.layers.norm import GatedRMSNorm
 from rodimus.layers.recompute import low_rank_gate
 from rodimus.ops.dispatch import get_op, resolve_backend
@@ -68,7 +69,7 @@ class RodimusInnerMixer(nn.Module):
         n = self.mem_size
         if torch.is_autocast_enabled(xc.device.type):
             w = torch.cat([self.in_proj.weight, self.mem_gate_proj.weight])
-            q, k, gates = F.linear(xc, w).split([n, n, 2 * n], dim=-1)
+            q, k, gates = split_linear(xc, w, [n, n, 2 * n])
             gates = gates.float() + self.mem_gate_proj.bias.float()
         else:
             q, k = self.in_proj(xc).split(n, dim=-1)
@@ -134,7 +135,7 @@ class RodimusMixer(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``token_mask`` [B, T] zeroes padded positions' inputs so they leave no trace in the state."""
-        x, gate = self.fc(h).split(self.d_inner, dim=-1)
+        x, gate = split_linear(h, self.fc.weight, [self.d_inner, self.d_inner])
         if token_mask is not None:
             x = x * token_mask[..., None].to(x.dtype)
         o, xc = self.inner_mixer(x, cache=cache, cu_seqlens=cu_seqlens)

@@ -19,8 +19,10 @@ class RMSNorm(nn.Module):
         self.kernel_backend = kernel_backend
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return get_op("rms_norm", resolve_backend(self.kernel_backend, x.device.type))(x, self.weight, self.eps)
+    def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``out_dtype`` (default x's dtype): the dtype the next layer computes in."""
+        op = get_op("rms_norm", resolve_backend(self.kernel_backend, x.device.type))
+        return op(x, self.weight, self.eps, out_dtype)
 
 
 class GatedRMSNorm(RMSNorm):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rodimus.ops.dispatch import get_op
+from rodimus.ops.matmul import mm_into
 
 
 def project_recomputed(fn: Callable[..., torch.Tensor], proj: nn.Linear, *inputs: torch.Tensor | None) -> torch.Tensor:
@@ -33,25 +34,27 @@ class _RecomputeThenProject(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, proj_w, *inputs):
         dev = proj_w.device.type
-        dtype = _run_dtype(proj_w, proj_w)
+        dtype = run_dtype(proj_w, proj_w)
+        wd = proj_w.to(dtype)
         with torch.no_grad(), torch.autocast(dev, enabled=False):
-            out = F.linear(fn(*inputs).to(dtype), proj_w.to(dtype))
-        ctx.save_for_backward(proj_w, *inputs)
-        ctx.fn, ctx.dtype = fn, dtype
+            out = F.linear(fn(*inputs).to(dtype), wd)
+        ctx.save_for_backward(wd, *inputs)  # the cast weight, as autocast's own linear keeps it
+        ctx.fn, ctx.w_dtype = fn, proj_w.dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        proj_w, *ins = ctx.saved_tensors
+        wd, *ins = ctx.saved_tensors
         ins = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in ins]
-        dtype = ctx.dtype
-        with torch.enable_grad(), torch.autocast(proj_w.device.type, enabled=False):
+        dtype = wd.dtype
+        with torch.enable_grad(), torch.autocast(wd.device.type, enabled=False):
             y = ctx.fn(*ins)
         d = dout.to(dtype).reshape(-1, dout.shape[-1])
         d_proj = None
-        if proj_w.requires_grad:
-            d_proj = (d.t() @ y.detach().to(dtype).reshape(-1, y.shape[-1])).to(proj_w.dtype)
-        dy = (d @ proj_w.to(dtype)).view(y.shape).to(y.dtype)
+        if ctx.needs_input_grad[1]:
+            y2 = y.detach().to(dtype).reshape(-1, y.shape[-1])
+            d_proj = mm_into(torch.empty_like(wd, dtype=ctx.w_dtype), d.t(), y2)
+        dy = (d @ wd).view(y.shape).to(y.dtype)
         wanted = [t for t in ins if _needs_grad(t)]
         got = iter(torch.autograd.grad(y, wanted, dy) if wanted else ())
         return (None, d_proj, *[next(got) if _needs_grad(t) else None for t in ins])
@@ -70,7 +73,7 @@ def low_rank_gate(x: torch.Tensor, down: nn.Linear, up: nn.Linear, backend: str)
     return _LowRankGate.apply(x, *params, backend)
 
 
-def _run_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+def run_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
     """The dtype autocast would run a GEMM of w on x's device in (w's own dtype without autocast)."""
     dev = x.device.type
     return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
@@ -83,7 +86,7 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 class _LowRankGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, wa, ba, wb, bb, backend):
-        dt = _run_dtype(x, wb)
+        dt = run_dtype(x, wb)
         with torch.autocast(x.device.type, enabled=False):
             xa = F.linear(x.to(dt), wa.to(dt), _cast(ba, dt))
             u = get_op("gate_mul", backend)(F.linear(xa, wb.to(dt), _cast(bb, dt)), x, "sigmoid")

@@ -11,6 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rodimus.ops.dispatch import get_op, resolve_backend
+from rodimus.ops.matmul import mm_into
+from rodimus.ops.softmax_xent import acc_dtype as _acc
+
 
 def _check(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> None:
     if h.dim() != 2 or weight.dim() != 2 or h.shape[1] != weight.shape[1]:
@@ -24,11 +28,6 @@ def _compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return torch.promote_types(h.dtype, weight.dtype)
-
-
-def _acc(dt: torch.dtype) -> torch.dtype:
-    """float32 softmax, float64 for float64 inputs (so gradcheck-style tests are meaningful)."""
-    return torch.float64 if dt == torch.float64 else torch.float32
 
 
 def linear_cross_entropy(
@@ -47,37 +46,34 @@ def linear_cross_entropy(
 
 class _ChunkedLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, targets, ignore_index, chunk_rows, need_grad):
+    def forward(ctx, h, weight, targets, ignore_index, chunk_rows, need_grad, dt):
+        # h and weight come uncast: the casts happen here, so their gradients are formed straight in
+        # h's and the weight's own dtypes (no rounding to dt and back on the way out)
         N = h.shape[0]
-        acc = _acc(h.dtype)
-        loss = torch.zeros((), device=h.device, dtype=acc)
+        acc = _acc(dt)
+        hd, wd = h.to(dt), weight.to(dt)
         dh = torch.empty_like(h) if need_grad else None
-        dw = torch.zeros(weight.shape, device=weight.device, dtype=acc) if need_grad else None
-        valid = targets != ignore_index
-        safe = torch.where(valid, targets, 0)
+        dw = torch.zeros_like(weight, dtype=torch.promote_types(acc, weight.dtype)) if need_grad else None
+        rows = torch.where(targets != ignore_index, targets, -1)
+        xent = get_op("xent_grad_", resolve_backend("auto", h.device.type))
+        losses = []
         with torch.autocast(h.device.type, enabled=False):
             for s in range(0, N, chunk_rows):
                 e = min(N, s + chunk_rows)
-                hc = h[s:e]
-                logits = (hc @ weight.t()).to(acc)  # [n, V]: the only vocab-sized tensor, one chunk at a time
-                lse = torch.logsumexp(logits, dim=-1)
-                picked = logits.gather(1, safe[s:e, None])[:, 0]
-                vc = valid[s:e]
-                loss += torch.where(vc, lse - picked, 0.0).sum()
+                hc = hd[s:e]
+                g = hc @ wd.t()  # [n, V]: the only vocab-sized tensor, one chunk at a time
+                losses.append(xent(g, rows[s:e]))  # g now holds d loss / d logits
                 if need_grad:
-                    p = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                    p.scatter_add_(1, safe[s:e, None], torch.full_like(lse[:, None], -1.0))
-                    p.mul_(vc[:, None])
-                    g = p.to(h.dtype)
-                    dh[s:e] = g @ weight
-                    dw += (g.t() @ hc).to(acc)
+                    mm_into(dh[s:e], g, wd)
+                    mm_into(dw, g.t(), hc, accumulate=True)
         ctx.save_for_backward(dh, dw)
-        return loss
+        ctx.w_dtype = weight.dtype
+        return torch.cat(losses).sum().to(acc) if losses else torch.zeros((), device=h.device, dtype=acc)
 
     @staticmethod
     def backward(ctx, grad):
         dh, dw = ctx.saved_tensors
-        return dh * grad.to(dh.dtype), dw * grad, None, None, None, None
+        return dh * grad.to(dh.dtype), (dw * grad).to(ctx.w_dtype), None, None, None, None, None
 
 
 def linear_cross_entropy_chunked(
@@ -91,7 +87,7 @@ def linear_cross_entropy_chunked(
     """:func:`linear_cross_entropy` (same arguments and result) in row chunks, gradients formed in the forward.
 
     ``chunk_rows`` defaults to rows worth ~256 MiB of float32 logits. Peak extra memory: one chunk of
-    logits plus the gradients of h and weight.
+    logits (in the compute dtype: bf16 under autocast) plus the gradients of h and weight.
     """
     _check(h, weight, targets)
     V = weight.shape[0]
@@ -101,4 +97,4 @@ def linear_cross_entropy_chunked(
         raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
     dt = _compute_dtype(h, weight)
     need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    return _ChunkedLinearCE.apply(h.to(dt), weight.to(dt), targets, ignore_index, chunk_rows, need_grad)
+    return _ChunkedLinearCE.apply(h, weight, targets, ignore_index, chunk_rows, need_grad, dt)

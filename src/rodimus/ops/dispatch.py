@@ -15,6 +15,7 @@ from rodimus.ops.gating import gate_mul, gate_mul_backward
 from rodimus.ops.norm import gated_rms_norm, rms_norm
 from rodimus.ops.rotary import rotary
 from rodimus.ops.short_conv import short_conv, short_conv_naive
+from rodimus.ops.softmax_xent import softmax_xent_grad_
 from rodimus.ops.swska import swska_blocked, swska_naive
 
 BACKENDS = ("auto", "torch", "triton", "naive")
@@ -29,6 +30,7 @@ REGISTRY: dict[str, dict[str, Callable]] = {
     "gate_mul_backward": {"naive": gate_mul_backward, "torch": gate_mul_backward},
     "rotary": {"naive": rotary, "torch": rotary},
     "swska": {"naive": swska_naive, "torch": swska_blocked},
+    "xent_grad_": {"naive": softmax_xent_grad_, "torch": softmax_xent_grad_},
 }
 
 

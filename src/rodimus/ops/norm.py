@@ -10,11 +10,17 @@ import torch
 import torch.nn.functional as F
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Reference RMSNorm: float32 inside, result in x's dtype."""
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Reference RMSNorm: float32 inside, result in ``out_dtype`` (default x's dtype).
+
+    A pre-norm's output only feeds projections, which under autocast run in a lower precision: writing
+    it in that dtype saves the cast (a pass over the rows each way) that autocast would make.
+    """
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * weight.float()).to(x.dtype)
+    return (y * weight.float()).to(out_dtype or x.dtype)
 
 
 def check_gated_norm_inputs(o, gate, weight, skip_x, skip_weight) -> None:

@@ -5,6 +5,7 @@ Raises ImportError when triton is missing, which ``rodimus.ops.dispatch.triton_a
 """
 
 from rodimus.ops.triton import _common  # noqa: F401  (sets TRITON_INTERPRET before any kernel is built)
+from rodimus.ops.triton.cross_entropy import softmax_xent_grad_triton_
 from rodimus.ops.triton.ddts import ddts_decode_, ddts_triton
 from rodimus.ops.triton.gating import gate_mul_backward_triton, gate_mul_triton
 from rodimus.ops.triton.norm import gated_rms_norm_triton, rms_norm_triton
@@ -21,6 +22,7 @@ __all__ = [
     "rms_norm_triton",
     "rotary_triton",
     "short_conv_triton",
+    "softmax_xent_grad_triton_",
     "swska_triton",
 ]
 
@@ -36,6 +38,7 @@ def _register() -> None:
     REGISTRY["gate_mul"]["triton"] = gate_mul_triton
     REGISTRY["gate_mul_backward"]["triton"] = gate_mul_backward_triton
     REGISTRY["rotary"]["triton"] = rotary_triton
+    REGISTRY["xent_grad_"]["triton"] = softmax_xent_grad_triton_
 
 
 _register()

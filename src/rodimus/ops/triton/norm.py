@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rodimus.ops.norm import check_gated_norm_inputs, gated_rms_norm
+from rodimus.ops.norm import check_gated_norm_inputs, gated_rms_norm, rms_norm
 from rodimus.ops.triton._common import INTERPRET, cdiv, sigmoid
 from rodimus.ops.triton._common import rows_view as _rows
 
@@ -95,7 +95,7 @@ def _launch_cfg(D: int) -> tuple[int, int]:
 
 class _GatedNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, o, gate, weight, eps, skip_x, skip_weight):
+    def forward(ctx, o, gate, weight, eps, skip_x, skip_weight, out_dtype=None):
         shape, D = o.shape, o.shape[-1]
         has_skip, has_gate = skip_x is not None, gate is not None
         o2 = _rows(o)
@@ -103,7 +103,7 @@ class _GatedNorm(torch.autograd.Function):
         x2 = _rows(skip_x) if has_skip else o2
         s = skip_weight.contiguous() if has_skip else weight
         N = o2.shape[0]
-        y = torch.empty(N, D, device=o.device, dtype=o.dtype)
+        y = torch.empty(N, D, device=o.device, dtype=out_dtype or o.dtype)
         rstd = torch.empty(N, device=o.device, dtype=torch.float32)
         BD, warps = _launch_cfg(D)
         if N:
@@ -140,7 +140,7 @@ class _GatedNorm(torch.autograd.Function):
         dw = dwp.sum(0).to(weight.dtype)
         ds = dsp.sum(0).to(s.dtype) if has_skip else None
         dg = dg.view(shape) if has_gate else None
-        return do.view(shape), dg, dw, None, dx.view(shape) if has_skip else None, ds
+        return do.view(shape), dg, dw, None, dx.view(shape) if has_skip else None, ds, None
 
 
 def _sm_count(device: torch.device) -> int:
@@ -164,6 +164,11 @@ def gated_rms_norm_triton(
     return _GatedNorm.apply(o, gate, weight, float(eps), skip_x, skip_weight)
 
 
-def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm_triton(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Fused :func:`rodimus.ops.norm.rms_norm` (same arguments and result): the gated kernel, no gate."""
-    return gated_rms_norm_triton(x, None, weight, eps)
+    check_gated_norm_inputs(x, None, weight, None, None)
+    if x.dtype == torch.float64 or x.shape[-1] > 65536:
+        return rms_norm(x, weight, eps, out_dtype)
+    return _GatedNorm.apply(x, None, weight, float(eps), None, None, out_dtype)

@@ -1,0 +1,41 @@
+"""GEMMs of low-precision operands into a float32 result (weight gradients of float32 parameters).
+
+Under autocast a weight gradient is formed in bf16 and then cast to the parameter's float32: a
+weight-sized write, read and write again. cuBLAS can write (or accumulate into) the float32 result
+directly; torch exposes that as the ``out_dtype`` GEMM overloads on CUDA. Elsewhere, or where the
+installed torch lacks them, the product is cast as before.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
+    """``out (+)= a @ b`` for a (possibly) wider ``out`` dtype; returns ``out``."""
+    if a.dtype == out.dtype:
+        return out.addmm_(a, b) if accumulate else torch.mm(a, b, out=out)
+    if out.device.type == "cuda" and _dtype_out_gemm(out.device.index or 0, a.dtype, out.dtype):
+        if accumulate:
+            return torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+        return torch.mm(a, b, out_dtype=out.dtype, out=out)
+    prod = a @ b
+    return out.add_(prod) if accumulate else out.copy_(prod)
+
+
+@functools.cache
+def _dtype_out_gemm(device_index: int, in_dtype: torch.dtype, out_dtype: torch.dtype) -> bool:
+    """Whether this torch and device run the ``out_dtype`` GEMMs for these dtypes (checked once, by value)."""
+    dev = torch.device("cuda", device_index)
+    g = torch.Generator(device=dev).manual_seed(0)
+    a = torch.randn(32, 16, device=dev, generator=g).to(in_dtype)
+    b = torch.randn(16, 8, device=dev, generator=g).to(in_dtype)
+    want = a.to(out_dtype) @ b.to(out_dtype)
+    try:
+        got = torch.mm(a, b, out_dtype=out_dtype, out=torch.empty(32, 8, device=dev, dtype=out_dtype))
+        torch.addmm(got, a, b, out_dtype=out_dtype, out=got)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return bool(torch.allclose(got, 2 * want, rtol=1e-2, atol=1e-2))

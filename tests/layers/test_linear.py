@@ -1,0 +1,57 @@
+"""split_linear against F.linear(...).split(...): values and gradients, with and without autocast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rodimus.layers.linear import split_linear
+from tests.helpers import assert_close
+
+SIZES = [24, 8, 16]
+
+
+@pytest.mark.parametrize(
+    "dtype,autocast,used",
+    [
+        pytest.param(torch.float64, False, (0, 1, 2), id="fp64-all-parts"),
+        pytest.param(torch.float64, False, (0, 2), id="fp64-middle-part-unused"),
+        pytest.param(torch.float32, True, (0, 1, 2), id="fp32-autocast-bf16"),
+        pytest.param(torch.bfloat16, True, (1,), id="bf16-input-autocast-one-part"),
+    ],
+)
+def test_matches_linear_then_split(dtype, autocast, used):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(sum(SIZES), 20, generator=g, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    x = torch.randn(2, 5, 20, generator=g).to(dtype)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    results = []
+    for fn in (split_linear, lambda x, w, s: F.linear(x, w).split(s, dim=-1)):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with ctx:
+            parts = fn(xr, wr, SIZES)
+        loss = sum((parts[i].double() * (i + 1)).sin().sum() for i in used)
+        loss.backward()
+        results.append(([p.detach() for p in parts], xr.grad, wr.grad))
+    (ours, dx, dw), (ref, dx_ref, dw_ref) = results
+    tol = 1e-12 if dtype == torch.float64 else 1e-2
+    for i, (a, b) in enumerate(zip(ours, ref, strict=True)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert_close(f"part {i}", a, b, rel=tol)
+    assert dx.dtype == x.dtype and dw.dtype == w.dtype
+    assert_close("dx", dx, dx_ref, rel=tol)
+    assert_close("dweight", dw, dw_ref, rel=tol)
+
+
+def test_no_grad_is_plain_split():
+    w, x = torch.randn(48, 20), torch.randn(3, 20)
+    with torch.no_grad():
+        parts = split_linear(x, w, SIZES)
+    assert [p.shape[-1] for p in parts] == SIZES
+    torch.testing.assert_close(torch.cat(parts, -1), F.linear(x, w))
+
+
+def test_validation():
+    with pytest.raises(ValueError, match="sum\\(sizes\\)=47"):
+        split_linear(torch.randn(3, 20), torch.randn(48, 20), [24, 8, 15])
