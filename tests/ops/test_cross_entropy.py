@@ -96,7 +96,8 @@ def test_chunked_through_the_fused_kernel(monkeypatch):
     """linear_cross_entropy_chunked with the Triton row kernel: same loss and gradients."""
     pytest.importorskip("triton", reason="the triton extra is not installed (pip install -e .[triton])")
     monkeypatch.setenv("RODIMUS_KERNELS", "triton")
-    h, w, t = _inputs(V=200, dtype=torch.float32)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    h, w, t = (x.detach().to(dev).requires_grad_(x.requires_grad) for x in _inputs(V=200, dtype=torch.float32))
     ref = linear_cross_entropy(h, w, t)
     dh_ref, dw_ref = torch.autograd.grad(ref, (h, w))
     got = linear_cross_entropy_chunked(h, w, t, chunk_rows=16)
