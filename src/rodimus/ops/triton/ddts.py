@@ -23,8 +23,11 @@ LAUNCH = {
     # _fwd_chunk ("BV_chunk" columns, "chunk_warps" warps) instead; "save_states" then keeps the walk's
     # states for a split backward (one walk less there, one state buffer per layer more in memory).
     # H200 2026-11-29: fused 0.52 ms vs 0.77 (BV 64, 2 stages) at V 4096; split slower at B8 T2048 (V 2048:
-    # 0.49 ms vs 0.41), faster at B2 T8192 (0.77 vs 0.92); save_states there: fwd+bwd 1.41 ms vs 1.65
-    "fwd": dict(BV=128, num_warps=4, num_stages=1, split_max_programs=64, save_states=True),
+    # 0.49 ms vs 0.41), faster at B2 T8192 (0.77 vs 0.92); save_states there: fwd+bwd 1.41 ms vs 1.65.
+    # "split_with_grad": split whenever a split backward will take the saved states. Sixth session, 342M
+    # training (packed documents, graphs): T2048 100,202 tok/s vs 97,903 fused; T8192 98,034 vs 92,690
+    # (the fused walk waits on the longest document there)
+    "fwd": dict(BV=128, num_warps=4, num_stages=1, split_max_programs=64, save_states=True, split_with_grad=True),
     # the fused backward walk; the split form (two _walk passes and the chunk-parallel _bwd_chunk with
     # "BV_chunk" columns per block, "slices" V slices, "chunk_warps" warps) for V >= "split_min_v".
     # H200 2026-11-29, B8 T2048 C64, per-kernel sums: V 2048 1.35 ms vs 1.46 fused, V 4096 2.08 vs 2.28;
@@ -165,8 +168,10 @@ class _DDTSFunction(torch.autograd.Function):
         lowp = v.dtype in _LOWP
         saved_states = None
         BV = min(cfg["BV"], next_pow2(V))
-        if cfg.get("split", False) or n_seq * H * cdiv(V, BV) <= cfg.get("split_max_programs", 0):
-            grad = any(ctx.needs_input_grad)
+        grad = any(ctx.needs_input_grad)
+        keep = grad and cfg.get("save_states", False) and _split_backward(V)  # the backward takes the states
+        split = cfg.get("split", False) or n_seq * H * cdiv(V, BV) <= cfg.get("split_max_programs", 0)
+        if split or (keep and cfg.get("split_with_grad", False)):
             lowp_states = lowp and not grad and LAUNCH["walk"].get("lowp_states", False)
             hbuf, _ = _walk(ke, v, dec, h0c, hT, seqs, H, K, V, C, lowp, lowp_states=lowp_states)
             if seqs[4]:
@@ -175,7 +180,7 @@ class _DDTSFunction(torch.autograd.Function):
                     v, o, qe, A, hbuf, seqs[1], seqs[2], seqs[0], seqs[3], V,
                     H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=lowp, num_warps=cfg.get("chunk_warps", 4),
                 )  # fmt: skip
-            if cfg.get("save_states", False) and _split_backward(V) and grad:
+            if keep:
                 saved_states = hbuf
             del hbuf
         else:
