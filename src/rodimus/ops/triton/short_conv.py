@@ -15,8 +15,9 @@ from rodimus.ops.short_conv import _check, short_conv
 from rodimus.ops.triton import short_conv_kernels as kern
 from rodimus.ops.triton._common import cdiv, next_pow2
 
-# (rows, max channels, warps) per program of each kernel
-_BLOCKS = {"fwd": (64, 128, 4), "dpre": (64, 64, 4), "dx": (64, 128, 4)}
+# (rows, max channels, warps) per program of each kernel. dpre: 2 warps, H200 2026-11-29 (sixth session,
+# benchmarks/sweep_short_conv.py, packed 1x16384 D 2048 bf16 fwd+bwd as CUDA graphs): 347 us vs 406 with 4
+_BLOCKS = {"fwd": (64, 128, 4), "dpre": (64, 64, 2), "dx": (64, 128, 4)}
 _TARGET_PROGRAMS = 4096  # backward: merge row tiles per program above this (smaller partial sums)
 
 
