@@ -13,7 +13,7 @@ from torch import nn
 
 from rodimus.layers.linear import split_linear
 from rodimus.layers.norm import GatedRMSNorm
-from rodimus.layers.recompute import low_rank_gate
+from rodimus.layers.recompute import RebuildSaved, low_rank_gate
 from rodimus.ops.dispatch import get_op, resolve_backend
 
 
@@ -83,8 +83,9 @@ class RodimusInnerMixer(nn.Module):
         return low_rank_gate(x, self.ch_gate_proj[0], self.ch_gate_proj[1], backend)
 
     def forward(
-        self, x: torch.Tensor, cache=None, cu_seqlens: torch.Tensor | None = None
+        self, x: torch.Tensor, cache=None, cu_seqlens: torch.Tensor | None = None, rebuild: RebuildSaved | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rebuild``: the caller's block in which x' is rebuilt in backward rather than kept."""
         B, T, _ = x.shape
         backend = resolve_backend(self.kernel_backend, x.device.type)
         conv_state = rec_state = None
@@ -92,6 +93,9 @@ class RodimusInnerMixer(nn.Module):
             conv_state = cache.get_conv_state(self.layer_idx)
             rec_state = cache.get_recurrent_state(self.layer_idx)
         xc, conv_final = self.short_conv(x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens)
+        if rebuild is not None:
+            rebuild.register(xc, lambda: self.short_conv(
+                x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens)[0])
         n = self.mem_size
         q, k, g_pre, tau_pre = (t.reshape(B, T, 1, n) for t in self._projections(xc))
         u = self._input_gate(x, backend)
@@ -138,5 +142,7 @@ class RodimusMixer(nn.Module):
         x, gate = split_linear(h, self.fc.weight, [self.d_inner, self.d_inner])
         if token_mask is not None:
             x = x * token_mask[..., None].to(x.dtype)
-        o, xc = self.inner_mixer(x, cache=cache, cu_seqlens=cu_seqlens)
-        return self.act_norm.project(o, gate, self.out_proj, skip_x=xc, skip_weight=self.inner_mixer.residual_weight)
+        with RebuildSaved() as rebuild:  # x' is kept by two consumers: rebuild it in backward instead
+            o, xc = self.inner_mixer(x, cache=cache, cu_seqlens=cu_seqlens, rebuild=rebuild)
+            skip_w = self.inner_mixer.residual_weight
+            return self.act_norm.project(o, gate, self.out_proj, skip_x=xc, skip_weight=skip_w)

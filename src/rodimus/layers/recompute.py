@@ -35,29 +35,101 @@ class _RecomputeThenProject(torch.autograd.Function):
     def forward(ctx, fn, proj_w, *inputs):
         dev = proj_w.device.type
         dtype = run_dtype(proj_w, proj_w)
-        wd = proj_w.to(dtype)
         with torch.no_grad(), torch.autocast(dev, enabled=False):
-            out = F.linear(fn(*inputs).to(dtype), wd)
-        ctx.save_for_backward(wd, *inputs)  # the cast weight, as autocast's own linear keeps it
-        ctx.fn, ctx.w_dtype = fn, proj_w.dtype
+            out = F.linear(fn(*inputs).to(dtype), proj_w.to(dtype))
+        ctx.save_for_backward(proj_w, *inputs)  # the parameter itself: its cast would be one more copy kept
+        ctx.fn, ctx.dtype = fn, dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        wd, *ins = ctx.saved_tensors
+        proj_w, *ins = ctx.saved_tensors
         ins = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in ins]
-        dtype = wd.dtype
-        with torch.enable_grad(), torch.autocast(wd.device.type, enabled=False):
+        dtype = ctx.dtype
+        wd = proj_w.to(dtype)
+        with torch.enable_grad(), torch.autocast(proj_w.device.type, enabled=False):
             y = ctx.fn(*ins)
         d = dout.to(dtype).reshape(-1, dout.shape[-1])
         d_proj = None
-        if ctx.needs_input_grad[1]:
+        if proj_w.requires_grad:
             y2 = y.detach().to(dtype).reshape(-1, y.shape[-1])
-            d_proj = mm_into(torch.empty_like(wd, dtype=ctx.w_dtype), d.t(), y2)
+            d_proj = mm_into(torch.empty_like(proj_w), d.t(), y2)
         dy = (d @ wd).view(y.shape).to(y.dtype)
         wanted = [t for t in ins if _needs_grad(t)]
         got = iter(torch.autograd.grad(y, wanted, dy) if wanted else ())
         return (None, d_proj, *[next(got) if _needs_grad(t) else None for t in ins])
+
+
+class _Rebuilt:
+    """Stands in for a saved tensor; the first unpack rebuilds it, later ones (other consumers) share it."""
+
+    def __init__(self, fn: Callable[[], torch.Tensor], requires_grad: bool) -> None:
+        self.fn, self.requires_grad, self.value = fn, requires_grad, None
+
+    def get(self) -> torch.Tensor:
+        if self.value is None:
+            with torch.no_grad():
+                self.value = self.fn().requires_grad_(self.requires_grad)
+        return self.value
+
+
+class _RebuiltView:
+    """One saved view (shape, strides) of a rebuilt tensor."""
+
+    def __init__(self, rebuilt: _Rebuilt, t: torch.Tensor) -> None:
+        self.rebuilt, self.shape, self.stride = rebuilt, t.shape, t.stride()
+
+    def get(self) -> torch.Tensor:
+        return self.rebuilt.get().as_strided(self.shape, self.stride)
+
+
+class RebuildSaved:
+    """A block inside which autograd keeps a recipe instead of each :meth:`register`-ed tensor.
+
+    Wherever an op in the block saves a registered tensor for backward, ``fn`` is saved instead; backward
+    calls ``fn()`` (no grad) once and every consumer gets that result. For an activation several ops keep
+    that is cheap to rebuild from tensors kept anyway: the mixer's short-conv output x' (one pass over the
+    rows from the conv input; 64 MiB per 342M layer at 16K tokens, kept by the q/k/gate projections and
+    the gated norm). ``fn`` must reproduce the tensor exactly (same kernels, inputs unchanged).
+
+    Inactive (tensors saved as usual) where other saved-tensor hooks are already set, e.g. inside
+    activation checkpointing, whose own hooks must see every tensor.
+    """
+
+    def __init__(self) -> None:
+        self.rules: dict[tuple, _Rebuilt] = {}  # (data_ptr, numel, dtype) of a contiguous tensor
+        self._hooks = None
+
+    def register(self, t: torch.Tensor, fn: Callable[[], torch.Tensor]) -> None:
+        """``fn()`` must return t's values as a fresh contiguous tensor; views of t saved by ops (a linear
+        keeps its input flattened to rows) are rebuilt as the same views of it."""
+        if self._hooks is not None and t.requires_grad and t.is_contiguous():
+            self.rules[_key(t)] = _Rebuilt(fn, t.requires_grad)
+
+    def __enter__(self) -> RebuildSaved:
+        top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)
+        if torch.is_grad_enabled() and top(False) is None:
+            self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+            self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._hooks is not None:
+            self._hooks.__exit__(*exc)
+            self._hooks = None
+        self.rules = {}
+
+    def _pack(self, t: torch.Tensor):
+        rebuilt = self.rules.get(_key(t)) if self.rules and t.is_contiguous() else None
+        return _RebuiltView(rebuilt, t) if rebuilt is not None else t
+
+    @staticmethod
+    def _unpack(x):
+        return x.get() if isinstance(x, _RebuiltView) else x
+
+
+def _key(t: torch.Tensor) -> tuple:
+    return t.data_ptr(), t.numel(), t.dtype
 
 
 def low_rank_gate(x: torch.Tensor, down: nn.Linear, up: nn.Linear, backend: str) -> torch.Tensor:
