@@ -67,3 +67,23 @@ def test_bad_weight_shape():
     x, w, b, _ = inputs(1, 4, 5, 4)
     with pytest.raises(ValueError, match="weight must be"):
         short_conv(x, w[:3], b)
+
+
+@pytest.mark.parametrize("form", ["naive", "torch", "triton"])
+def test_without_final_state(form):
+    """output_final_state=False: the same y (values and gradients), no final state."""
+    if form == "triton":
+        pytest.importorskip("triton", reason="the triton extra is not installed (pip install -e .[triton])")
+        from rodimus.ops.triton import short_conv_triton as fn
+    else:
+        fn = short_conv_naive if form == "naive" else short_conv
+    dev = "cuda" if torch.cuda.is_available() and form == "triton" else "cpu"
+    x, w, b, _ = (t.detach().float().to(dev).requires_grad_() for t in inputs(1, 13, 6, 4, seed=2))
+    cu = torch.tensor([0, 5, 13], dtype=torch.int32, device=dev)
+    y, s = fn(x, w, b, cu_seqlens=cu)
+    y2, s2 = fn(x, w, b, cu_seqlens=cu, output_final_state=False)
+    assert s is not None and s2 is None
+    (dx,) = torch.autograd.grad(y.sin().sum(), x)
+    (dx2,) = torch.autograd.grad(y2.sin().sum(), x)
+    assert_close("y", y2, y, rel=1e-6)
+    assert_close("dx", dx2, dx, rel=1e-6)

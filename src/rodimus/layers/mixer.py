@@ -7,6 +7,8 @@ Parameter names follow the official checkpoints (``fc``, ``inner_mixer.short_con
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,6 +17,7 @@ from rodimus.layers.linear import split_linear
 from rodimus.layers.norm import GatedRMSNorm
 from rodimus.layers.recompute import RebuildSaved, low_rank_gate
 from rodimus.ops.dispatch import get_op, resolve_backend
+from rodimus.ops.packing import reuse_derived
 
 
 class ShortConvolution(nn.Module):
@@ -25,10 +28,10 @@ class ShortConvolution(nn.Module):
         self.width = width
         self.conv1d = nn.Conv1d(dim, dim, width, groups=dim, bias=True)
 
-    def forward(self, x, *, backend: str, initial_state=None, cu_seqlens=None):
+    def forward(self, x, *, backend: str, initial_state=None, cu_seqlens=None, output_final_state: bool = True):
         op = get_op("short_conv", backend)
         return op(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, initial_state=initial_state,
-                  cu_seqlens=cu_seqlens, activation="silu")
+                  cu_seqlens=cu_seqlens, activation="silu", output_final_state=output_final_state)
 
 
 class RodimusInnerMixer(nn.Module):
@@ -58,6 +61,17 @@ class RodimusInnerMixer(nn.Module):
         for lin in (self.in_proj, *self.ch_gate_proj, self.mem_gate_proj):
             lin.init_role = "xavier"
         self.mem_gate_proj.init_role = "gate"
+
+    def _conv_rebuild(self, x, backend, conv_state, cu_seqlens) -> Callable[[], torch.Tensor]:
+        """x' again from the same inputs, in the forward's packing indices, without the final state."""
+        scope = reuse_derived()
+
+        def rebuild() -> torch.Tensor:
+            with scope():
+                return self.short_conv(x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens,
+                                       output_final_state=False)[0]
+
+        return rebuild
 
     def _projections(self, xc: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k and the float32 gate pre-activations [g; tau] from x'.
@@ -94,8 +108,7 @@ class RodimusInnerMixer(nn.Module):
             rec_state = cache.get_recurrent_state(self.layer_idx)
         xc, conv_final = self.short_conv(x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens)
         if rebuild is not None:
-            rebuild.register(xc, lambda: self.short_conv(
-                x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens)[0])
+            rebuild.register(xc, self._conv_rebuild(x, backend, conv_state, cu_seqlens))
         n = self.mem_size
         q, k, g_pre, tau_pre = (t.reshape(B, T, 1, n) for t in self._projections(xc))
         u = self._input_gate(x, backend)

@@ -62,6 +62,25 @@ def shared_derived() -> Iterator[None]:
         _derived.reset(token)
 
 
+def reuse_derived() -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """A context-manager factory that re-enters the current :func:`shared_derived` block's entries.
+
+    For work done later on behalf of this forward (a rebuild in backward): it finds the index tensors
+    the forward derived instead of deriving them again. Outside a block it re-enters none.
+    """
+    memo = _derived.get()
+
+    @contextlib.contextmanager
+    def scope() -> Iterator[None]:
+        token = _derived.set(memo)
+        try:
+            yield
+        finally:
+            _derived.reset(token)
+
+    return scope
+
+
 def derived(cu_seqlens: torch.Tensor, key: tuple, fn: Callable[[], _T]) -> _T:
     """``fn()`` (a function of cu_seqlens and ``key``), computed once per tensor version inside
     :func:`shared_derived` (a raising ``fn`` stores nothing).

@@ -44,14 +44,16 @@ def short_conv_naive(
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     activation: str | None = "silu",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    output_final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reference: loop over time with an explicit sliding buffer.
 
     Args:
         x: [B, T, D]; weight: [D, W]; bias: [D]; initial_state: [B, D, W-1] (the W-1 previous inputs).
         cu_seqlens: [N + 1] offsets of packed documents (B = 1).
     Returns:
-        y: [B, T, D] in x's dtype; final_state: [N, D, W-1], the last W-1 inputs of each sequence.
+        y: [B, T, D] in x's dtype; final_state: [N, D, W-1], the last W-1 inputs of each sequence
+        (None when ``output_final_state`` is False: a caller that only needs y, e.g. a rebuild in backward).
     """
     W, _ = _check(x, weight, bias, initial_state, cu_seqlens, activation)
     B, T, D = x.shape
@@ -76,7 +78,7 @@ def short_conv_naive(
         it = iter(finals)
         finals = [next(it) if n > 0 else x.new_zeros(B, D, W - 1, dtype=acc) for n in lengths]
     y = torch.stack(ys, 1) if ys else x.new_zeros(B, 0, D, dtype=acc)
-    return y.to(x.dtype), torch.cat(finals, 0).to(x.dtype)
+    return y.to(x.dtype), torch.cat(finals, 0).to(x.dtype) if output_final_state else None
 
 
 def short_conv(
@@ -87,7 +89,8 @@ def short_conv(
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     activation: str | None = "silu",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    output_final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Vectorised form of :func:`short_conv_naive` (same arguments and results): W shifted FMAs."""
     W, _ = _check(x, weight, bias, initial_state, cu_seqlens, activation)
     B, T, D = x.shape
@@ -107,6 +110,8 @@ def short_conv(
             term = term * (offset >= lag).to(acc)[None, :, None]
         y = y + term
     y = _ACTIVATIONS[activation](y).to(x.dtype)
+    if not output_final_state:
+        return y, None
     if cu_seqlens is None:
         return y, xcat[:, T:].transpose(1, 2).to(x.dtype)
     ends = cu_seqlens[1:].long()  # index into xcat of one past each document's last input

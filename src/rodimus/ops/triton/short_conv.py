@@ -79,7 +79,7 @@ def _final_state(x, h0, cu_seqlens, W):
 
 class _ShortConvFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, h0, cu_seqlens, silu):
+    def forward(ctx, x, weight, bias, h0, cu_seqlens, silu, output_final_state=True):
         x = _row_major(x)
         w = weight.contiguous()
         B, T, D = x.shape
@@ -96,7 +96,7 @@ class _ShortConvFunction(torch.autograd.Function):
                 W=W, BT=BT, BD=BD, HAS_BIAS=bias is not None, HAS_INIT=h0 is not None,
                 PACKED=pos is not None, SILU=silu, num_warps=warps,
             )  # fmt: skip
-        final = _final_state(x, h0, cu_seqlens, W)
+        final = _final_state(x, h0, cu_seqlens, W) if output_final_state else None
         ctx.save_for_backward(x, w, bias, h0t, pos, cu_seqlens)
         ctx.silu = silu
         ctx.h0_dtype = h0.dtype if h0 is not None else None
@@ -126,6 +126,7 @@ class _ShortConvFunction(torch.autograd.Function):
             dw.to(w.dtype),
             db.to(bias.dtype) if db is not None else None,
             dh0.to(ctx.h0_dtype).contiguous() if dh0 is not None else None,
+            None,
             None,
             None,
         )
@@ -183,7 +184,8 @@ def short_conv_triton(
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     activation: str | None = "silu",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    output_final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fused short convolution (Triton); arguments and results as :func:`rodimus.ops.short_conv.short_conv`.
 
     Float64 inputs (gradcheck) go to the torch form; the kernels accumulate in float32.
@@ -191,6 +193,9 @@ def short_conv_triton(
     _check(x, weight, bias, initial_state, cu_seqlens, activation)
     if any(t is not None and t.dtype == torch.float64 for t in (x, weight, bias, initial_state)):
         return short_conv(
-            x, weight, bias, initial_state=initial_state, cu_seqlens=cu_seqlens, activation=activation
+            x, weight, bias, initial_state=initial_state, cu_seqlens=cu_seqlens, activation=activation,
+            output_final_state=output_final_state,
         )
-    return _ShortConvFunction.apply(x, weight, bias, initial_state, cu_seqlens, activation == "silu")
+    return _ShortConvFunction.apply(
+        x, weight, bias, initial_state, cu_seqlens, activation == "silu", output_final_state
+    )
