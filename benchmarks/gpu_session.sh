@@ -6,6 +6,8 @@
 # "swska decode train", "train8k context serve".
 # On a machine of 2+ GPUs (kind nvidia-h200-x2): python3 benchmarks/bench_multi_gpu.py --gpus 2 (FSDP2 vs one
 # GPU, ~5 minutes for the two default presets at 20 steps).
+# Where a step's copies come from (CPU, no GPU needed): RODIMUS_KERNELS=triton TRITON_INTERPRET=1
+# python benchmarks/trace_copies.py --models rodimus --d-model 1024 --vocab 32000 --seq-len 64 --micro-batch 1
 # The fla baselines of bench_kernels need fla-core, flash-linear-attention and einops importable
 # (benchmark environment only); without them those rows are skipped.
 set -u
@@ -27,6 +29,7 @@ step gpu_tests 480 python3 -m pytest -q -p no:cacheprovider tests/ops tests/mode
 step check_model 150 python3 benchmarks/check_gpu_model.py --fixtures "$FIX"
 step sweep 200 python3 benchmarks/bench_kernels.py --quick --only sweep --budget 180 --json "$OUT/sweep.json"
 step loss 120 python3 benchmarks/bench_loss.py --rows 16384 --d-model 1024 --vocab 32000 --device cuda
+step sweep 120 python3 benchmarks/sweep_short_conv.py --rows 16384 --dim 2048
 step fused 200 python3 benchmarks/bench_kernels.py --only fused,layer --budget 180 --json "$OUT/k_fused_layer.json"
 # fla's chunk_gla autotuning alone took over a minute per shape (even cut to 4 configs): give it room
 step ddts 300 python3 benchmarks/bench_kernels.py --only ddts --budget 280 --json "$OUT/k_ddts.json"
