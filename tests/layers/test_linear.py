@@ -55,3 +55,30 @@ def test_no_grad_is_plain_split():
 def test_validation():
     with pytest.raises(ValueError, match="sum\\(sizes\\)=47"):
         split_linear(torch.randn(3, 20), torch.randn(48, 20), [24, 8, 15])
+
+
+def test_split_project_calls_anything_but_a_plain_linear():
+    """A wrapped or hooked projection (an adapter, a quantised layer) is called, not bypassed."""
+    from torch import nn
+
+    from rodimus.layers.linear import split_project
+
+    lin = nn.Linear(20, 48, bias=False)
+    x = torch.randn(3, 20, requires_grad=True)
+    seen = []
+    lin.register_forward_hook(lambda mod, args, out: seen.append(1) or out * 2)
+    parts = split_project(lin, x, SIZES)
+    assert seen and [p.shape[-1] for p in parts] == SIZES
+    torch.testing.assert_close(torch.cat(parts, -1), 2 * F.linear(x, lin.weight))
+
+    class Adapter(nn.Module):  # replaces the linear, as LoRA-style wrappers do
+        def __init__(self, base):
+            super().__init__()
+            self.base, self.weight = base, base.weight
+
+        def forward(self, x):
+            return self.base(x) + 1.0
+
+    plain = nn.Linear(20, 48, bias=False)
+    out = torch.cat(split_project(Adapter(plain), x, SIZES), -1)
+    torch.testing.assert_close(out, F.linear(x, plain.weight) + 1.0)

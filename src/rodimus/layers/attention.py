@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rodimus.layers.linear import split_linear
+from rodimus.layers.linear import plain_linear, split_linear
 from rodimus.layers.rotary import RotaryEmbedding
 from rodimus.ops.dispatch import get_op, resolve_backend
 
@@ -30,7 +30,7 @@ class SlidingWindowSharedKeyAttention(nn.Module):
 
     def _qkv(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The three projections; under autocast as one GEMM (h read once; the weights are cast anyway)."""
-        if not torch.is_autocast_enabled(h.device.type):
+        if not (torch.is_autocast_enabled(h.device.type) and plain_linear(self.q_proj, self.k_proj, self.v_proj)):
             return self.q_proj(h), self.k_proj(h), self.v_proj(h)
         w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         sizes = [self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features]

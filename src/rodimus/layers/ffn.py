@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rodimus.layers.linear import split_linear
+from rodimus.layers.linear import split_project
 from rodimus.layers.recompute import project_recomputed
 from rodimus.ops.dispatch import get_op, resolve_backend
 
@@ -25,6 +25,6 @@ class GatedMLP(nn.Module):
         self.out_proj.init_role = "out"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, g = split_linear(x, self.fc.weight, [self.hidden, self.hidden])
+        a, g = split_project(self.fc, x, [self.hidden, self.hidden])
         gate_mul = get_op("gate_mul", resolve_backend(self.kernel_backend, x.device.type))
         return project_recomputed(lambda g, a: gate_mul(g, a, "silu"), self.out_proj, g, a)

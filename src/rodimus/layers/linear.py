@@ -13,9 +13,30 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from rodimus.layers.recompute import run_dtype
 from rodimus.ops.matmul import mm_into
+
+
+def plain_linear(*mods: nn.Module, allow_bias: bool = False) -> bool:
+    """Whether these are plain ``nn.Linear`` modules (bias-free unless ``allow_bias``) without hooks, so their
+    weights may be used directly (fused or split GEMMs). A module that wraps or replaces one (an adapter
+    such as a LoRA layer, a quantised linear) or carries hooks must be called instead, or its extra work
+    would be skipped."""
+    return all(
+        type(m) is nn.Linear
+        and (allow_bias or m.bias is None)
+        and not (m._forward_hooks or m._forward_pre_hooks)
+        for m in mods
+    )
+
+
+def split_project(proj: nn.Module, x: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """``proj(x).split(sizes, dim=-1)``, through :func:`split_linear` when ``proj`` is a plain linear."""
+    if plain_linear(proj):
+        return split_linear(x, proj.weight, sizes)
+    return proj(x).split(list(sizes), dim=-1)
 
 
 def split_linear(x: torch.Tensor, weight: torch.Tensor, sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rodimus.layers.linear import split_linear
+from rodimus.layers.linear import plain_linear, split_linear, split_project
 from rodimus.layers.norm import GatedRMSNorm
 from rodimus.layers.recompute import RebuildSaved, low_rank_gate
 from rodimus.ops.dispatch import get_op, resolve_backend
@@ -81,7 +81,8 @@ class RodimusInnerMixer(nn.Module):
         the reference computes it.
         """
         n = self.mem_size
-        if torch.is_autocast_enabled(xc.device.type):
+        fusable = plain_linear(self.in_proj) and plain_linear(self.mem_gate_proj, allow_bias=True)
+        if torch.is_autocast_enabled(xc.device.type) and fusable:
             w = torch.cat([self.in_proj.weight, self.mem_gate_proj.weight])
             q, k, gates = split_linear(xc, w, [n, n, 2 * n])
             gates = gates.float() + self.mem_gate_proj.bias.float()
@@ -152,7 +153,7 @@ class RodimusMixer(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``token_mask`` [B, T] zeroes padded positions' inputs so they leave no trace in the state."""
-        x, gate = split_linear(h, self.fc.weight, [self.d_inner, self.d_inner])
+        x, gate = split_project(self.fc, h, [self.d_inner, self.d_inner])
         if token_mask is not None:
             x = x * token_mask[..., None].to(x.dtype)
         with RebuildSaved() as rebuild:  # x' is kept by two consumers: rebuild it in backward instead
