@@ -62,10 +62,13 @@ def test_empty_trailing_documents_change_nothing(block_type, backend, monkeypatc
 
 
 @pytest.mark.parametrize("chunk_size", [None, 16])
-def test_model_runs_the_kernels_at_their_chunk(chunk_size, monkeypatch):
+def test_model_runs_the_kernels_at_their_chunk(chunk_size, monkeypatch, caplog):
     """Config chunk_size None: the kernels' own tuned chunk (the torch form's default of 32 cost the H200
-    training step ~15%); an explicit chunk_size is honoured."""
+    training step ~15%); an explicit chunk_size is honoured, with a warning that names the faster one."""
+    from rodimus.layers import mixer
     from rodimus.ops.triton import ddts as tri
+
+    mixer.logger.warning_once.cache_clear()
 
     seen = []
     apply = tri._DDTSFunction.apply
@@ -76,3 +79,5 @@ def test_model_runs_the_kernels_at_their_chunk(chunk_size, monkeypatch):
     ids = rand_ids(model.config, 1, 21).to(DEV)
     model(ids, labels=ids).loss.backward()
     assert seen and set(seen) == {tri.DEFAULT_CHUNK if chunk_size is None else chunk_size}
+    warned = [r.getMessage() for r in caplog.records if "chunk_size=" in r.getMessage()]
+    assert bool(warned) == (chunk_size is not None), warned
