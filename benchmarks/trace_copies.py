@@ -50,6 +50,8 @@ def _source_line() -> str | None:
         f = frame.filename
         if "/triton/" in f:
             return None
+        if "/rodimus/train/" in f:  # the training loop's own line (loss.backward()): the engine's copy
+            break
         if "/rodimus/" in f and "trace_copies" not in f or "/transformers/" in f:
             return f"{f.split('/src/')[-1].split('site-packages/')[-1]}:{frame.lineno} {frame.line}"
     return "<autograd engine>"
