@@ -93,7 +93,7 @@ class RebuildSaved:
     the gated norm). ``fn`` must reproduce the tensor exactly (same kernels, inputs unchanged).
 
     Inactive (tensors saved as usual) where other saved-tensor hooks are already set, e.g. inside
-    activation checkpointing, whose own hooks must see every tensor.
+    activation checkpointing, whose own hooks must see every tensor, and under torch.compile.
     """
 
     def __init__(self) -> None:
@@ -107,8 +107,10 @@ class RebuildSaved:
             self.rules[_key(t)] = _Rebuilt(fn, t.requires_grad)
 
     def __enter__(self) -> RebuildSaved:
+        if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+            return self  # torch.compile's own partitioner decides what to keep and what to recompute
         top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", lambda _: None)
-        if torch.is_grad_enabled() and top(False) is None:
+        if top(False) is None:
             self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
             self._hooks.__enter__()
         return self

@@ -8,8 +8,6 @@ installed torch lacks them, the product is cast as before.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 
@@ -17,7 +15,7 @@ def mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: boo
     """``out (+)= a @ b`` for a (possibly) wider ``out`` dtype; returns ``out``."""
     if a.dtype == out.dtype:
         return out.addmm_(a, b) if accumulate else torch.mm(a, b, out=out)
-    if out.device.type == "cuda" and _dtype_out_gemm(out.device.index or 0, a.dtype, out.dtype):
+    if out.device.type == "cuda" and _dtype_out_gemm_ok(out.device.index or 0, a.dtype, out.dtype):
         if accumulate:
             return torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
         return torch.mm(a, b, out_dtype=out.dtype, out=out)
@@ -25,9 +23,22 @@ def mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: boo
     return out.add_(prod) if accumulate else out.copy_(prod)
 
 
-@functools.cache
-def _dtype_out_gemm(device_index: int, in_dtype: torch.dtype, out_dtype: torch.dtype) -> bool:
-    """Whether this torch and device run the ``out_dtype`` GEMMs for these dtypes (checked once, by value)."""
+_PROBED: dict[tuple, bool] = {}
+
+
+def _dtype_out_gemm_ok(device_index: int, in_dtype: torch.dtype, out_dtype: torch.dtype) -> bool:
+    """The probe's answer, probed on first use; during CUDA-graph capture, where the probe cannot run (it
+    reads a value back), the cast fallback unless an earlier eager call already probed."""
+    key = (device_index, in_dtype, out_dtype)
+    if key not in _PROBED:
+        if torch.cuda.is_current_stream_capturing():
+            return False
+        _PROBED[key] = _probe(*key)
+    return _PROBED[key]
+
+
+def _probe(device_index: int, in_dtype: torch.dtype, out_dtype: torch.dtype) -> bool:
+    """Whether this torch and device run the ``out_dtype`` GEMMs for these dtypes (checked by value)."""
     dev = torch.device("cuda", device_index)
     g = torch.Generator(device=dev).manual_seed(0)
     a = torch.randn(32, 16, device=dev, generator=g).to(in_dtype)
