@@ -9,6 +9,7 @@ from rodimus.layers.attention import SlidingWindowSharedKeyAttention
 from rodimus.layers.ffn import GatedMLP, ffn_hidden_size
 from rodimus.layers.mixer import RodimusMixer
 from rodimus.layers.norm import RMSNorm
+from rodimus.layers.recompute import run_dtype
 
 
 class RodimusBlock(GradientCheckpointingLayer):
@@ -48,9 +49,7 @@ class RodimusBlock(GradientCheckpointingLayer):
         position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         h = hidden_states.float() if self.residual_in_fp32 else hidden_states
-        # the norms write their output in the dtype the projections after them compute in
-        dev = h.device.type
-        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else self.mixer_norm.weight.dtype
+        dtype = run_dtype(h, self.mixer_norm.weight)  # the norms write what the projections after them read
         T = h.shape[1]
         token_mask = attention_mask[:, -T:] if attention_mask is not None else None
         r = h + self.mixer(self.mixer_norm(h, dtype), token_mask, cache, cu_seqlens)

@@ -206,6 +206,22 @@ def _walk_start(x0, cu, coff, ik, iv, pid, H: tl.constexpr, K: tl.constexpr, V, 
 
 
 @triton.jit
+def _chunk_out(v, o, qe, A, S, h, rows, rm, kk, km, vv, vm, V,
+               H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr):
+    """o = qe S + A v for one chunk's rows and V block (S: the chunk-start state block); returns the v tile,
+    which the fused walk's state update reads too."""
+    rl = tl.arange(0, C)
+    vmask = rm[:, None] & vm[None, :]
+    v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
+    v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
+    qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
+    a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
+    out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
+    tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
+    return v_c
+
+
+@triton.jit
 def _fwd(
     v,
     o,
@@ -235,13 +251,7 @@ def _fwd(
         rm = rows < eos
         ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
         d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
-        vmask = rm[:, None] & vm[None, :]
-        v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
-        v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
-        qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
-        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
-        out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
-        tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
+        v_c = _chunk_out(v, o, qe, A, S, h, rows, rm, kk, km, vv, vm, V, H, K, C, LOWP)
         S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
     tl.store(hT + s_ptr, S, mask=smask)
 
@@ -271,20 +281,13 @@ def _fwd_chunk(
     iv = tl.program_id(2)
     seq, ch, rows, rm = _stored_chunk(pid, chunk_seq, chunk_idx, cu, coff, C)
     if seq >= 0:
-        rl = tl.arange(0, C)
         kk = tl.arange(0, BK)
         km = kk < K
         vv = iv * BV + tl.arange(0, BV)
         vm = vv < V
         S = tl.load(hbuf + ((ch * H + h) * K + kk[:, None]) * V + vv[None, :], mask=km[:, None] & vm[None, :],
                     other=0.0)
-        qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
-        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
-        vmask = rm[:, None] & vm[None, :]
-        v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
-        v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
-        out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
-        tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
+        _chunk_out(v, o, qe, A, S, h, rows, rm, kk, km, vv, vm, V, H, K, C, LOWP)
 
 
 @triton.jit
