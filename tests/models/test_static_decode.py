@@ -135,6 +135,18 @@ def test_invalid_arguments_raise():
             dec.step(torch.full((2, 1), bad, dtype=torch.long))
     with pytest.raises(ValueError, match="max_new_tokens"):
         dec.generate_greedy(torch.zeros(2, 3, dtype=torch.long), -1)
+    # a wrapped projection whose weight the step would read directly (an unmerged adapter) is refused
+    attn = model.model.layers[0].attn
+    handle = attn.q_proj.register_forward_hook(lambda *a: None)
+    StaticDecoder(model, 1, use_cuda_graph=False)  # unfused q/k/v are called as modules
+    with pytest.raises(ValueError, match="layers.0.attn.q_proj.*fuse_qkv=False"):
+        StaticDecoder(model, 1, use_cuda_graph=False, fuse_qkv=True)
+    handle.remove()
+    gate = model.model.layers[1].mixer.inner_mixer.mem_gate_proj
+    handle = gate.register_forward_hook(lambda *a: None)
+    with pytest.raises(ValueError, match="layers.1.mixer.inner_mixer.mem_gate_proj.*merge"):
+        StaticDecoder(model, 1, use_cuda_graph=False)
+    handle.remove()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA device")

@@ -81,17 +81,22 @@ class RodimusInnerMixer(nn.Module):
 
         Under autocast the gate GEMM runs in the autocast dtype anyway, so one GEMM serves q, k, g and
         tau (x' read once); the gate bias is added in float32. Otherwise the gate GEMM is float32, as
-        the reference computes it.
+        the reference computes it. A wrapped gate projection (an adapter, a quantised linear) is called
+        as it is, in its own dtype: reading its weight directly would skip its extra work.
         """
         n = self.mem_size
-        fusable = plain_linear(self.in_proj) and plain_linear(self.mem_gate_proj, allow_bias=True)
-        if torch.is_autocast_enabled(xc.device.type) and fusable:
+        gate_plain = plain_linear(self.mem_gate_proj, allow_bias=True)
+        if torch.is_autocast_enabled(xc.device.type) and gate_plain and plain_linear(self.in_proj):
             w = torch.cat([self.in_proj.weight, self.mem_gate_proj.weight])
             q, k, gates = split_linear(xc, w, [n, n, 2 * n])
             gates = gates.float() + self.mem_gate_proj.bias.float()
         else:
             q, k = self.in_proj(xc).split(n, dim=-1)
-            gates = F.linear(xc.float(), self.mem_gate_proj.weight.float(), self.mem_gate_proj.bias.float())
+            if gate_plain:
+                w, b = self.mem_gate_proj.weight, self.mem_gate_proj.bias
+                gates = F.linear(xc.float(), w.float(), b.float())
+            else:
+                gates = self.mem_gate_proj(xc).float()
         g_pre, tau_pre = gates.split(n, dim=-1)
         return q, k, g_pre, tau_pre
 

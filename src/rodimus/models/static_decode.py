@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rodimus.layers.linear import plain_linear
 from rodimus.ops.ddts.common import ddts_gates
 from rodimus.ops.dispatch import get_op, resolve_backend
 
@@ -55,6 +56,7 @@ class StaticDecoder:
             raise ValueError(f"warmup must be an int >= 1, got {warmup!r}")
         self.model = model.eval()
         self.config = cfg = model.config
+        _check_plain_projections(model, fuse_qkv and cfg.block_type == "rodimus_plus")
         emb = model.get_input_embeddings().weight
         self.device, self.dtype = emb.device, emb.dtype
         if use_cuda_graph is None:
@@ -354,3 +356,19 @@ class StaticDecoder:
 def _rms(x: torch.Tensor, weight32: torch.Tensor, eps: float) -> torch.Tensor:
     """:func:`rodimus.layers.norm.rms_norm` with the weight already in float32; result in float32."""
     return F.rms_norm(x.float(), (x.shape[-1],), weight32, eps)
+
+
+def _check_plain_projections(model, fuse_qkv: bool) -> None:
+    """The step reads the gate projections' weights (and, fused, q/k/v's) directly, so a wrapped one (an
+    adapter, a quantised linear) would be skipped: refuse it rather than decode with other weights."""
+    for i, layer in enumerate(model.model.layers):
+        mods = {"mixer.inner_mixer.mem_gate_proj": layer.mixer.inner_mixer.mem_gate_proj}
+        if fuse_qkv:
+            mods.update({f"attn.{n}": getattr(layer.attn, n) for n in ("q_proj", "k_proj", "v_proj")})
+        for name, mod in mods.items():
+            if not plain_linear(mod, allow_bias=True):
+                raise ValueError(
+                    f"StaticDecoder reads layers.{i}.{name}'s weight directly, but it is a "
+                    f"{type(mod).__name__} (or has hooks): merge adapters into the weights first "
+                    f"(e.g. peft's merge_and_unload())" + (", or pass fuse_qkv=False" if "attn" in name else "")
+                )

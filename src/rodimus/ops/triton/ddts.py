@@ -117,6 +117,12 @@ def _prep(q, k, gp, tp, seqs, scale, eps, C):
     return qe, ke, dec, A
 
 
+def _partials(n_part: int, TT: int, H: int, K: int, C: int, dev) -> tuple[torch.Tensor, ...]:
+    """Float32 partial sums of dQ, dK and dA, one per V slice of the backward (summed by ``_bwd_intra``)."""
+    f32 = dict(device=dev, dtype=torch.float32)
+    return tuple(torch.empty(n_part, TT, H, n, **f32) for n in (K, K, C))
+
+
 def _split_backward(V: int) -> bool:
     cfg = LAUNCH["bwd_state"]
     return bool(cfg.get("split", False)) and cfg.get("split_min_v", 0) <= V
@@ -222,8 +228,7 @@ class _DDTSFunction(torch.autograd.Function):
             n_blocks = cdiv(V, BVc)
             NVB = cdiv(n_blocks, min(cfg.get("slices", 4), n_blocks))
             n_part = cdiv(n_blocks, NVB)
-            dQp, dKp = (torch.empty(n_part, TT, H, K, **f32) for _ in range(2))
-            dAp = torch.empty(n_part, TT, H, C, **f32)
+            dQp, dKp, dAp = _partials(n_part, TT, H, K, C, dev)
             if n_slots:
                 kern._bwd_chunk[(n_slots, H, n_part)](
                     v, do, ke, A, hbuf, dsbuf, dv, dQp, dKp, dAp, chunk_seq, chunk_idx, cu, coff, V, TT, NVB,
@@ -236,8 +241,7 @@ class _DDTSFunction(torch.autograd.Function):
             BV = min(cfg["BV"], next_pow2(V))
             n_part = cdiv(V, BV)
             hbuf = torch.empty(n_chunks, H, K, V, **f32)
-            dQp, dKp = (torch.empty(n_part, TT, H, K, **f32) for _ in range(2))
-            dAp = torch.empty(n_part, TT, H, C, **f32)
+            dQp, dKp, dAp = _partials(n_part, TT, H, K, C, dev)
             finp = torch.zeros(n_part, n_seq * H, K, **f32)
             kern._bwd_state[(n_part, n_seq * H)](
                 v, do, qe, ke, dec, A, h0 if h0 is not None else hbuf, dhT if dhT is not None else hbuf, hbuf, dv,

@@ -206,6 +206,20 @@ def _walk_start(x0, cu, coff, ik, iv, pid, H: tl.constexpr, K: tl.constexpr, V, 
 
 
 @triton.jit
+def _walk_step(a, b, dec, xbuf, X, c, bos, eos, c0, h, kk, km, vv, vm, smask, V,
+               H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr):
+    """Store X as chunk c's state in ``xbuf``, then return dec_c * X + a_c^T b_c (one step of a walk)."""
+    rows = bos + c * C + tl.arange(0, C)
+    rm = rows < eos
+    tl.store(xbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], X.to(xbuf.dtype.element_ty),
+             mask=smask)
+    a_c = _load_rows(a + h * K, rows, kk, rm, km, H * K)
+    b_c = tl.load(b + rows[:, None] * (H * V) + h * V + vv[None, :], mask=rm[:, None] & vm[None, :], other=0.0)
+    d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
+    return d_c[:, None] * X + mm_tf32(tl.trans(a_c), b_c, LOWP)
+
+
+@triton.jit
 def _chunk_out(v, o, qe, A, S, h, rows, rm, kk, km, vv, vm, V,
                H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr):
     """o = qe S + A v for one chunk's rows and V block (S: the chunk-start state block); returns the v tile,
@@ -326,17 +340,9 @@ def _walk(
     h, bos, eos, c0, nch, kk, vv, km, vm, smask, s_ptr, X = _walk_start(
         x0, cu, coff, tl.program_id(0), iv, pid, H, K, V, C, BK, BV, HAS_INIT
     )
-    rl = tl.arange(0, C)
     for i in range(0, nch):
-        c = nch - 1 - i if REVERSE else i
-        rows = bos + c * C + rl
-        rm = rows < eos
-        tl.store(xbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], X.to(xbuf.dtype.element_ty),
-                 mask=smask)
-        a_c = _load_rows(a + h * K, rows, kk, rm, km, H * K)
-        b_c = tl.load(b + rows[:, None] * (H * V) + h * V + vv[None, :], mask=rm[:, None] & vm[None, :], other=0.0)
-        d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
-        X = d_c[:, None] * X + mm_tf32(tl.trans(a_c), b_c, LOWP)
+        X = _walk_step(a, b, dec, xbuf, X, nch - 1 - i if REVERSE else i, bos, eos, c0, h, kk, km, vv, vm, smask,
+                       V, H, K, C, LOWP)
     if STORE_FINAL:
         tl.store(xT + s_ptr, X, mask=smask)
     if FINP:
@@ -382,15 +388,7 @@ def _bwd_state(
     rl = tl.arange(0, C)
     # forward walk: the state at every chunk start, kept for the backward walk
     for c in range(0, nch):
-        rows = bos + c * C + rl
-        rm = rows < eos
-        tl.store(hbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], S, mask=smask)
-        ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
-        d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
-        v_c = tl.load(
-            v + rows[:, None] * (H * V) + h * V + vv[None, :], mask=rm[:, None] & vm[None, :], other=0.0
-        )
-        S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
+        S = _walk_step(ke, v, dec, hbuf, S, c, bos, eos, c0, h, kk, km, vv, vm, smask, V, H, K, C, LOWP)
     if HAS_DHT:
         dS = tl.load(dhT + s_ptr, mask=smask, other=0.0).to(tl.float32)
         # final-state term of d(log alpha): sum_v dS_T * S_T, partial over this V block
