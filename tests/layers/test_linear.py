@@ -21,17 +21,29 @@ SIZES = [24, 8, 16]
         pytest.param(torch.bfloat16, True, (1,), id="bf16-input-autocast-one-part"),
     ],
 )
-def test_matches_linear_then_split(dtype, autocast, used):
+@pytest.mark.parametrize("pass_input", [False, True], ids=["", "pass-input"])
+def test_matches_linear_then_split(dtype, autocast, used, pass_input):
+    """``pass_input``: x is also read by another consumer through the passed-through output; dx is the
+    sum of both shares (the projection's accumulated into the consumer's in place, or into a converted
+    copy when the dtypes differ, as for a float32 x under bf16 autocast)."""
     g = torch.Generator().manual_seed(0)
     w = torch.randn(sum(SIZES), 20, generator=g, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     x = torch.randn(2, 5, 20, generator=g).to(dtype)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
     results = []
-    for fn in (split_linear, lambda x, w, s: F.linear(x, w).split(s, dim=-1)):
+    def reference(x, w, sizes, pass_input):
+        parts = F.linear(x, w).split(sizes, dim=-1)
+        return (*parts, x) if pass_input else parts
+
+    for fn in (split_linear, reference):
         xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
         with ctx:
-            parts = fn(xr, wr, SIZES)
+            parts = fn(xr, wr, SIZES, pass_input)
         loss = sum((parts[i].double() * (i + 1)).sin().sum() for i in used)
+        if pass_input:
+            assert len(parts) == len(SIZES) + 1 and torch.equal(parts[-1], x)
+            loss = loss + (parts[-1].double() * 3).cos().sum()
+            parts = parts[:-1]
         loss.backward()
         results.append(([p.detach() for p in parts], xr.grad, wr.grad))
     (ours, dx, dw), (ref, dx_ref, dw_ref) = results

@@ -210,3 +210,31 @@ def test_low_rank_gate_matches_unfused(backend, autocast):
     assert results[0][0].dtype == results[1][0].dtype
     for name, a, b in zip(("u", "dx", "d down.w", "d up.w", "d up.b"), *results, strict=True):
         assert_close(name, a.float().cpu(), b.float().cpu(), rel=tol)
+
+
+@pytest.mark.parametrize("out_dtype", [None, torch.bfloat16])
+def test_rms_norm_pass_sums_the_residual_gradient(out_dtype):
+    """The pass-through output is x, and x's gradient is the norm's plus the pass-through's (summed in the
+    backward kernel), as autograd sums them for the reference."""
+    from rodimus.ops.norm import rms_norm_pass
+    from rodimus.ops.triton import rms_norm_pass_triton
+
+    x, _, w, _, _ = _inputs((3, 5, 48), torch.float32, False)
+    y, x_out = rms_norm_pass_triton(x, w, 1e-6, out_dtype)
+    assert torch.equal(x_out, x) and x_out.dtype == torch.float32 and y.dtype == (out_dtype or torch.float32)
+    xr, wr = (t.detach().double().cpu().requires_grad_() for t in (x, w))
+    y_ref, x_ref = rms_norm_pass(xr, wr, 1e-6)
+    assert x_ref is xr
+    g = torch.Generator().manual_seed(4)
+    dy, dr = (torch.randn(y.shape, generator=g, dtype=torch.float64) for _ in range(2))
+    torch.autograd.backward([y, x_out.sin()], [dy.to(DEV, y.dtype), dr.to(DEV)])
+    torch.autograd.backward([y_ref, x_ref.sin()], [dy.to(y.dtype).double(), dr])
+    assert_close("dx", x.grad.cpu(), xr.grad, rel=1e-4)
+    assert_close("dweight", w.grad.cpu(), wr.grad, rel=1e-4)
+    # only the norm's output used: the pass-through's gradient is zero, x's is the norm's alone
+    x.grad = None
+    y2, _ = rms_norm_pass_triton(x, w, 1e-6)
+    y2.backward(dy.to(DEV, torch.float32))
+    xr.grad = None
+    rms_norm(xr, wr, 1e-6).backward(dy)
+    assert_close("dx (norm only)", x.grad.cpu(), xr.grad, rel=1e-4)

@@ -52,8 +52,10 @@ class RodimusBlock(GradientCheckpointingLayer):
         dtype = run_dtype(h, self.mixer_norm.weight)  # the norms write what the projections after them read
         T = h.shape[1]
         token_mask = attention_mask[:, -T:] if attention_mask is not None else None
-        r = h + self.mixer(self.mixer_norm(h, dtype), token_mask, cache, cu_seqlens)
+        y, h = self.mixer_norm.forward_and_pass(h, dtype)
+        r = h + self.mixer(y, token_mask, cache, cu_seqlens)
         if not self.is_plus:
             return r
-        a = self.attn(self.attn_norm(r, dtype), attention_mask, cache, cu_seqlens, position_ids)
+        y, r = self.attn_norm.forward_and_pass(r, dtype)
+        a = self.attn(y, attention_mask, cache, cu_seqlens, position_ids)
         return r + self.ffn(self.ffn_norm(r + a, dtype))

@@ -77,10 +77,12 @@ class RodimusInnerMixer(nn.Module):
         return rebuild
 
     def _projections(self, xc: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """q, k and the float32 gate pre-activations [g; tau] from x'.
+        """q, k, the float32 gate pre-activations [g; tau] from x', and x' for its other consumer (the
+        skip term).
 
         Under autocast the gate GEMM runs in the autocast dtype anyway, so one GEMM serves q, k, g and
-        tau (x' read once); the gate bias is added in float32. Otherwise the gate GEMM is float32, as
+        tau (x' read once; its backward adds the projections' share of dx' into the skip term's); the
+        gate bias is added in float32. Otherwise the gate GEMM is float32, as
         the reference computes it. A wrapped gate projection (an adapter, a quantised linear) is called
         as it is, in its own dtype: reading its weight directly would skip its extra work.
         """
@@ -88,7 +90,7 @@ class RodimusInnerMixer(nn.Module):
         gate_plain = plain_linear(self.mem_gate_proj, allow_bias=True)
         if torch.is_autocast_enabled(xc.device.type) and gate_plain and plain_linear(self.in_proj):
             w = torch.cat([self.in_proj.weight, self.mem_gate_proj.weight])
-            q, k, gates = split_linear(xc, w, [n, n, 2 * n])
+            q, k, gates, xc = split_linear(xc, w, [n, n, 2 * n], pass_input=True)
             gates = gates.float() + self.mem_gate_proj.bias.float()
         else:
             q, k = self.in_proj(xc).split(n, dim=-1)
@@ -98,7 +100,7 @@ class RodimusInnerMixer(nn.Module):
             else:
                 gates = self.mem_gate_proj(xc).float()
         g_pre, tau_pre = gates.split(n, dim=-1)
-        return q, k, g_pre, tau_pre
+        return q, k, g_pre, tau_pre, xc
 
     def _input_gate(self, x: torch.Tensor, backend: str) -> torch.Tensor:
         """u = sigmoid(W_b W_a x + b) * x. In training the [rows, d_inner] pre-activation is rebuilt in
@@ -119,7 +121,8 @@ class RodimusInnerMixer(nn.Module):
         if rebuild is not None:
             rebuild.register(xc, self._conv_rebuild(x, backend, conv_state, cu_seqlens))
         n = self.mem_size
-        q, k, g_pre, tau_pre = (t.reshape(B, T, 1, n) for t in self._projections(xc))
+        q, k, g_pre, tau_pre, xc = self._projections(xc)
+        q, k, g_pre, tau_pre = (t.reshape(B, T, 1, n) for t in (q, k, g_pre, tau_pre))
         u = self._input_gate(x, backend)
         kwargs = dict(scale=n**-0.5, eps=self.eps, initial_state=rec_state, cu_seqlens=cu_seqlens)
         if backend == "naive":

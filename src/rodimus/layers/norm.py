@@ -24,6 +24,15 @@ class RMSNorm(nn.Module):
         op = get_op("rms_norm", resolve_backend(self.kernel_backend, x.device.type))
         return op(x, self.weight, self.eps, out_dtype)
 
+    def forward_and_pass(
+        self, x: torch.Tensor, out_dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(x), x) for a pre-norm whose input goes on as the residual: continue the stream with the
+        second output and the fused backward adds the residual's gradient to the norm's in its own pass
+        (autograd would sum the two in a separate one)."""
+        op = get_op("rms_norm_pass", resolve_backend(self.kernel_backend, x.device.type))
+        return op(x, self.weight, self.eps, out_dtype)
+
 
 class GatedRMSNorm(RMSNorm):
     """RMSNorm((x + skip_weight * skip_x) * silu(gate)): Rodimus normalises after gating."""

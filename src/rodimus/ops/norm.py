@@ -23,6 +23,17 @@ def rms_norm(
     return (y * weight.float()).to(out_dtype or x.dtype)
 
 
+def rms_norm_pass(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rms_norm(x, ...), x): a pre-norm whose input also continues the residual stream.
+
+    The second output is x itself here (autograd sums the two gradients of x). A fused form returns it
+    as its own output so that its backward receives both gradients and sums them in the same pass.
+    """
+    return rms_norm(x, weight, eps, out_dtype), x
+
+
 def check_gated_norm_inputs(o, gate, weight, skip_x, skip_weight) -> None:
     D = o.shape[-1]
     if gate is not None and gate.shape != o.shape:

@@ -8,7 +8,7 @@ from rodimus.ops.triton import _common  # noqa: F401  (sets TRITON_INTERPRET bef
 from rodimus.ops.triton.cross_entropy import softmax_xent_grad_triton_
 from rodimus.ops.triton.ddts import ddts_decode_, ddts_triton
 from rodimus.ops.triton.gating import gate_mul_backward_triton, gate_mul_triton
-from rodimus.ops.triton.norm import gated_rms_norm_triton, rms_norm_triton
+from rodimus.ops.triton.norm import gated_rms_norm_triton, rms_norm_pass_triton, rms_norm_triton
 from rodimus.ops.triton.rotary import rotary_triton
 from rodimus.ops.triton.short_conv import short_conv_triton
 from rodimus.ops.triton.swska import swska_triton
@@ -19,6 +19,7 @@ __all__ = [
     "gate_mul_backward_triton",
     "gate_mul_triton",
     "gated_rms_norm_triton",
+    "rms_norm_pass_triton",
     "rms_norm_triton",
     "rotary_triton",
     "short_conv_triton",
@@ -35,6 +36,7 @@ def _register() -> None:
     REGISTRY["short_conv"]["triton"] = short_conv_triton
     REGISTRY["gated_norm"]["triton"] = gated_rms_norm_triton
     REGISTRY["rms_norm"]["triton"] = rms_norm_triton
+    REGISTRY["rms_norm_pass"]["triton"] = rms_norm_pass_triton
     REGISTRY["gate_mul"]["triton"] = gate_mul_triton
     REGISTRY["gate_mul_backward"]["triton"] = gate_mul_backward_triton
     REGISTRY["rotary"]["triton"] = rotary_triton

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rodimus.ops.norm import check_gated_norm_inputs, gated_rms_norm, rms_norm
+from rodimus.ops.norm import check_gated_norm_inputs, gated_rms_norm, rms_norm, rms_norm_pass
 from rodimus.ops.triton._common import INTERPRET, cdiv, sigmoid
 from rodimus.ops.triton._common import rows_view as _rows
 
@@ -44,10 +44,11 @@ def _fwd(
 
 @triton.jit
 def _bwd(
-    O, X, G, W, S, RSTD, DY, DO, DX, DG, DWP, DSP, N, D, so, sx, sg, ROWS,
-    HAS_SKIP: tl.constexpr, HAS_GATE: tl.constexpr, BD: tl.constexpr,
+    O, X, G, W, S, RSTD, DY, DR, DO, DX, DG, DWP, DSP, N, D, so, sx, sg, ROWS,
+    HAS_SKIP: tl.constexpr, HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, BD: tl.constexpr,
 ):
-    # one program walks ROWS consecutive rows and keeps its weight/skip gradient partial sums in registers
+    # one program walks ROWS consecutive rows and keeps its weight/skip gradient partial sums in registers;
+    # HAS_RES: DR (o's gradient through the pass-through output, the residual stream's) is added to do
     pid = tl.program_id(0)
     cols = tl.arange(0, BD)
     msk = cols < D
@@ -79,10 +80,12 @@ def _bwd(
             dm = dz * a
             if HAS_GATE:
                 tl.store(DG + off, (dz * m * sgm * (1.0 + g * (1.0 - sgm))).to(DG.dtype.element_ty), mask=msk)
-            tl.store(DO + off, dm.to(DO.dtype.element_ty), mask=msk)
             if HAS_SKIP:
                 tl.store(DX + off, (dm * s).to(DX.dtype.element_ty), mask=msk)
                 ds += dm * x
+            if HAS_RES:
+                dm += tl.load(DR + off, mask=msk, other=0.0).to(tl.float32)
+            tl.store(DO + off, dm.to(DO.dtype.element_ty), mask=msk)
     tl.store(DWP + pid * D + cols, dw, mask=msk)
     if HAS_SKIP:
         tl.store(DSP + pid * D + cols, ds, mask=msk)
@@ -95,7 +98,9 @@ def _launch_cfg(D: int) -> tuple[int, int]:
 
 class _GatedNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, o, gate, weight, eps, skip_x, skip_weight, out_dtype=None):
+    def forward(ctx, o, gate, weight, eps, skip_x, skip_weight, out_dtype=None, pass_o=False):
+        """``pass_o``: also return o itself, whose gradient the backward kernel adds to o's (see
+        :func:`rms_norm_pass_triton`)."""
         shape, D = o.shape, o.shape[-1]
         has_skip, has_gate = skip_x is not None, gate is not None
         o2 = _rows(o)
@@ -113,14 +118,16 @@ class _GatedNorm(torch.autograd.Function):
             )
         ctx.save_for_backward(o2, x2, g2, weight, s, rstd)
         ctx.meta = (shape, has_skip, has_gate)
-        return y.view(shape)
+        return (y.view(shape), o) if pass_o else y.view(shape)
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, do_pass=None):
         o2, x2, g2, weight, s, rstd = ctx.saved_tensors
         shape, has_skip, has_gate = ctx.meta
         N, D = o2.shape
         dy = dy.reshape(N, D).contiguous()
+        has_res = do_pass is not None
+        dr = do_pass.reshape(N, D).contiguous() if has_res else dy
         do = torch.empty(N, D, device=o2.device, dtype=o2.dtype)
         dg = torch.empty(N, D, device=o2.device, dtype=g2.dtype) if has_gate else do
         dx = torch.empty(N, D, device=o2.device, dtype=x2.dtype) if has_skip else do
@@ -133,14 +140,14 @@ class _GatedNorm(torch.autograd.Function):
         BD, warps = _launch_cfg(D)
         if N:
             _bwd[(n_prog,)](
-                o2, x2, g2, weight, s, rstd, dy, do, dx, dg, dwp, dsp, N, D,
+                o2, x2, g2, weight, s, rstd, dy, dr, do, dx, dg, dwp, dsp, N, D,
                 o2.stride(0), x2.stride(0), g2.stride(0), rows,
-                HAS_SKIP=has_skip, HAS_GATE=has_gate, BD=BD, num_warps=warps,
+                HAS_SKIP=has_skip, HAS_GATE=has_gate, HAS_RES=has_res, BD=BD, num_warps=warps,
             )
         dw = dwp.sum(0).to(weight.dtype)
         ds = dsp.sum(0).to(s.dtype) if has_skip else None
         dg = dg.view(shape) if has_gate else None
-        return do.view(shape), dg, dw, None, dx.view(shape) if has_skip else None, ds, None
+        return do.view(shape), dg, dw, None, dx.view(shape) if has_skip else None, ds, None, None
 
 
 def _sm_count(device: torch.device) -> int:
@@ -172,6 +179,17 @@ def rms_norm_triton(
     if _torch_form(x):
         return rms_norm(x, weight, eps, out_dtype)
     return _GatedNorm.apply(x, None, weight, float(eps), None, None, out_dtype)
+
+
+def rms_norm_pass_triton(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused :func:`rodimus.ops.norm.rms_norm_pass`: the second output's gradient (the residual stream's)
+    is added to x's inside the backward kernel, instead of by autograd in a separate pass."""
+    check_gated_norm_inputs(x, None, weight, None, None)
+    if _torch_form(x):
+        return rms_norm_pass(x, weight, eps, out_dtype)
+    return _GatedNorm.apply(x, None, weight, float(eps), None, None, out_dtype, True)
 
 
 def _torch_form(x: torch.Tensor) -> bool:
