@@ -85,6 +85,9 @@ def _drive() -> None:
         ddts.LAUNCH["bwd_state"].update(split=True, split_min_v=0)
         try:
             model(ids, labels=ids).loss.backward()
+            ddts.LAUNCH["walk"].update(segment=1, segment_min_chunks=0)  # segmented walks (2 chunks of 16)
+            model(ids, labels=ids).loss.backward()
+            model(packed, labels=packed, cu_seqlens=torch.tensor([0, 9, 10, 30, 37])).loss.backward()
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 model(ids)  # bf16 states in the split forward without gradients
         finally:

@@ -104,6 +104,50 @@ def test_split_walks(B, T, H, K, V, dtype, init, cu, chunk, slices, walk_bk, sav
     _check(B, T, H, K, V, dtype, init, cu, chunk)
 
 
+SEGMENTED = [  # chunks per segment, forward states kept for the backward
+    pytest.param(1, False, id="seg1"),
+    pytest.param(3, True, id="seg3-saved"),
+]
+
+
+@pytest.mark.parametrize("segment,save", SEGMENTED)
+@pytest.mark.parametrize("B,T,H,K,V,dtype,init,cu,chunk", [CASES[0], CASES[2], CASES[4], CASES[6], CASES[7]])
+def test_segmented_walks(B, T, H, K, V, dtype, init, cu, chunk, segment, save, monkeypatch):
+    """Walks over segments of the documents (local pass, carry, seeded pass) match the reference, including
+    empty documents, documents of one segment and the initial/final states."""
+    from rodimus.ops.triton import ddts as tri
+
+    cfg = dict(tri.LAUNCH["bwd_state"], split=True, split_min_v=0, BV_chunk=32, slices=2)
+    monkeypatch.setitem(tri.LAUNCH, "bwd_state", cfg)
+    monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32, save_states=save))
+    walk = dict(tri.LAUNCH["walk"], BK=16, BV=32, segment=segment, segment_min_chunks=0)
+    monkeypatch.setitem(tri.LAUNCH, "walk", walk)
+    _check(B, T, H, K, V, dtype, init, cu, chunk)
+
+
+def test_segment_table():
+    """Segments tile each document in order, at most `segment` chunks each, and mark both ends."""
+    from rodimus.ops.triton import ddts as tri
+
+    cu = torch.tensor([0, 7, 7, 200, 230])
+    C, seg = 16, 3
+    seqs = tri._sequences(cu, 1, 230, C, "cpu")
+    scu, scoff, fin_fwd, fin_rev, first, n_seg = tri._segment_table(seqs, C, seg)
+    docs = []
+    for d in range(4):
+        ids = range(int(first[d]), int(first[d + 1]))
+        assert int(scu[ids[0]]) == int(cu[d]) and int(scu[ids[-1] + 1]) == int(cu[d + 1])
+        for i in ids:
+            assert int(scu[i + 1]) - int(scu[i]) <= seg * C
+            assert int(scoff[i]) == int(seqs[3][d]) + (i - ids[0]) * seg
+        assert [int(fin_fwd[i]) for i in ids] == [-1] * (len(ids) - 1) + [d]
+        assert [int(fin_rev[i]) for i in ids] == [d] + [-1] * (len(ids) - 1)
+        docs.append(len(ids))
+    assert docs == [1, 1, 5, 1]
+    spare = range(int(first[4]), n_seg)
+    assert all(int(scu[i]) == 230 and int(fin_fwd[i]) == -1 == int(fin_rev[i]) for i in spare)
+
+
 @pytest.mark.parametrize("lowp_states", [False, True], ids=["fp32-states", "bf16-states"])
 def test_split_forward_without_grad(lowp_states, monkeypatch):
     """Inference through the split forward (bf16 states allowed there) matches the reference."""

@@ -37,7 +37,10 @@ LAUNCH = {
     # "lowp_states": the split forward stores its states in bf16 for bf16 inputs when no gradient is
     # needed (outputs as accurate; with bf16 states the gate gradients, a difference of two large sums,
     # missed the 1e-2 bf16 budget: 1.4-2.6e-2 vs 0.4e-2 with float32)
-    "walk": dict(BK=32, BV=128, num_warps=4, num_stages=2, lowp_states=True),
+    # "segment": cut documents into segments of this many chunks when a sequence can be longer than
+    # "segment_min_chunks" (0: off): two light walks and a carry step per segment instead of one walk
+    # step per chunk of the longest document
+    "walk": dict(BK=32, BV=128, num_warps=4, num_stages=2, lowp_states=True, segment=16, segment_min_chunks=48),
     # per-chunk kernels. H200 2026-11-29, B8 T2048 C64: the diagonal 16x16 blocks as one [16, 16, K] tile
     # instead of a loop over columns took _prep 0.180 -> 0.141 ms (0.127 with 8 warps), _bwd_intra
     # 0.396 -> 0.210 ms (8 warps: 0.237)
@@ -80,6 +83,46 @@ def _packed_sequences(cu_seqlens, T, C, device):
     chunk_idx = (slot - (coff[seq_c])).to(torch.int32)
     chunk_seq = torch.where(valid, seq_c, torch.full_like(seq_c, -1)).to(torch.int32)
     return cu, chunk_seq, chunk_idx, coff, n_slots, n_slots
+
+
+def _segments(seqs, T, C, cu_seqlens):
+    """The segment table of a segmented walk (LAUNCH["walk"]["segment"]), or None when it would not pay.
+
+    (row bounds [n_seg + 1], first global chunk [n_seg], the document each segment ends in forward /
+    reverse walk order else -1, each document's first segment [n_doc + 1], n_seg). Built on the device
+    with a static n_seg (an upper bound; spare segments are empty), so it can be captured in a graph.
+    """
+    seg = LAUNCH["walk"].get("segment", 0)
+    if not seg or cdiv(T, C) <= max(seg, LAUNCH["walk"].get("segment_min_chunks", 0)):
+        return None
+    if cu_seqlens is None:
+        return _segment_table(seqs, C, seg)
+    return derived(cu_seqlens, ("ddts_seg", T, C, seg, seqs[0].device), lambda: _segment_table(seqs, C, seg))
+
+
+def _segment_table(seqs, C, seg):
+    cu, coff, n_chunks = seqs[0].long(), seqs[3].long(), seqs[5]
+    n = cu.numel() - 1
+    nseg = ((coff.diff() + seg - 1) // seg).clamp(min=1)  # an empty document keeps one (empty) segment
+    cum = nseg.cumsum(0)
+    first = torch.cat([cum.new_zeros(1), cum])
+    n_seg = n_chunks // seg + n  # sum(ceil(chunks / seg)) <= n_chunks / seg + n
+    slot = torch.arange(n_seg, device=cu.device)
+    doc = torch.searchsorted(cum, slot, right=True)
+    valid = doc < n
+    d = doc.clamp(max=n - 1)
+    j = slot - first[d]
+    start = torch.where(valid, torch.minimum(cu[d] + j * seg * C, cu[d + 1]), cu[n])
+    none = torch.full_like(d, -1)
+    i32 = dict(dtype=torch.int32)
+    return (
+        torch.cat([start, cu[n:]]).to(**i32),
+        torch.where(valid, coff[d] + j * seg, 0).to(**i32),
+        torch.where(valid & (j == nseg[d] - 1), d, none).to(**i32),
+        torch.where(valid & (j == 0), d, none).to(**i32),
+        first.to(**i32),
+        n_seg,
+    )
 
 
 def _prep(q, k, gp, tp, seqs, scale, eps, C):
@@ -128,23 +171,47 @@ def _split_backward(V: int) -> bool:
     return bool(cfg.get("split", False)) and cfg.get("split_min_v", 0) <= V
 
 
-def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None, lowp_states=False):
+def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None, lowp_states=False, segs=None):
     """Run :func:`kern._walk`: (the per-chunk state buffer, the final-state term's partials or None).
 
-    x0 / xT: the state before the first / after the last chunk walked (None: zeros / not stored)."""
+    x0 / xT: the state before the first / after the last chunk walked (None: zeros / not stored).
+    segs: a :func:`_segments` table, to walk segments of the documents (three launches) instead."""
     cfg = LAUNCH["walk"]
     cu, coff, n_chunks = seqs[0], seqs[3], seqs[5]
-    n_sh = (cu.numel() - 1) * H
+    n_doc = cu.numel() - 1
+    n_sh = n_doc * H
     BK, BV = min(cfg["BK"], next_pow2(K)), min(cfg["BV"], next_pow2(V))
     xbuf = torch.empty(n_chunks, H, K, V, device=a.device, dtype=torch.bfloat16 if lowp_states else torch.float32)
     NV = cdiv(V, BV)
+    consts = dict(H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, LOWP=lowp, num_warps=cfg["num_warps"],
+                  num_stages=cfg["num_stages"])  # fmt: skip
+    if segs is not None and n_sh:
+        scu, scoff, fin_fwd, fin_rev, first, n_seg = segs
+        fin = fin_rev if reverse else fin_fwd
+        ends = torch.empty(n_seg, H, K, V, device=a.device, dtype=torch.float32)
+        if dhT is not None and xT is None:
+            xT = torch.empty(n_doc, H, K, V, device=a.device, dtype=torch.float32)
+        grid = (cdiv(K, BK), NV, n_seg * H)
+        kern._walk[grid](
+            a, b, dec, ends, ends, ends, ends, ends, fin, scu, scoff, V,
+            HAS_INIT=False, STORE_FINAL=True, FINP=False, MODE=1, **consts,
+        )  # fmt: skip
+        kern._walk_carry[(cdiv(K, BK), NV, n_sh)](
+            dec, x0 if x0 is not None else ends, ends, scu, scoff, first, V,
+            H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, HAS_INIT=x0 is not None, num_warps=cfg["num_warps"],
+        )  # fmt: skip
+        kern._walk[grid](
+            a, b, dec, ends, xbuf, xT if xT is not None else xbuf, ends, ends, fin, scu, scoff, V,
+            HAS_INIT=True, STORE_FINAL=xT is not None, FINP=False, MODE=2, **consts,
+        )  # fmt: skip
+        finp = (dhT.float() * xT).sum(-1).view(1, n_sh, K) if dhT is not None else None
+        return xbuf, finp
     finp = torch.empty(NV, n_sh, K, device=a.device, dtype=torch.float32) if dhT is not None else None
     if n_sh:
         kern._walk[(cdiv(K, BK), NV, n_sh)](
             a, b, dec, x0 if x0 is not None else xbuf, xbuf, xT if xT is not None else xbuf,
-            dhT if dhT is not None else xbuf, finp if finp is not None else xbuf, cu, coff, V,
-            H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, HAS_INIT=x0 is not None, STORE_FINAL=xT is not None,
-            FINP=dhT is not None, LOWP=lowp, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+            dhT if dhT is not None else xbuf, finp if finp is not None else xbuf, cu, cu, coff, V,
+            HAS_INIT=x0 is not None, STORE_FINAL=xT is not None, FINP=dhT is not None, **consts,
         )  # fmt: skip
     return xbuf, finp
 
@@ -177,9 +244,11 @@ class _DDTSFunction(torch.autograd.Function):
         grad = any(ctx.needs_input_grad)
         keep = grad and cfg.get("save_states", False) and _split_backward(V)  # the backward takes the states
         split = cfg.get("split", False) or n_seq * H * cdiv(V, BV) <= cfg.get("split_max_programs", 0)
-        if split or (keep and cfg.get("split_with_grad", False)):
+        split = split or (keep and cfg.get("split_with_grad", False))
+        segs = _segments(seqs, T, C, cu_seqlens) if split or (grad and _split_backward(V)) else None
+        if split:
             lowp_states = lowp and not grad and LAUNCH["walk"].get("lowp_states", False)
-            hbuf, _ = _walk(ke, v, dec, h0c, hT, seqs, H, K, V, C, lowp, lowp_states=lowp_states)
+            hbuf, _ = _walk(ke, v, dec, h0c, hT, seqs, H, K, V, C, lowp, lowp_states=lowp_states, segs=segs)
             if seqs[4]:
                 BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
                 kern._fwd_chunk[(seqs[4], H, cdiv(V, BVc))](
@@ -198,6 +267,7 @@ class _DDTSFunction(torch.autograd.Function):
         # the K-sized products are kept, not recomputed: ~0.75 KiB per token against a second _prep launch
         ctx.save_for_backward(q, k, v, gp, tp, h0c, qe, ke, dec, A, *seqs[:4], saved_states, hT)
         ctx.meta = (B, T, scale, eps, C, seqs[4:])
+        ctx.segs = segs  # index tensors, no autograd history
         return o.view(B, T, H, V), hT
 
     @staticmethod
@@ -218,11 +288,11 @@ class _DDTSFunction(torch.autograd.Function):
         cfg = LAUNCH["bwd_state"]
         if _split_backward(V):
             if saved_states is None:
-                hbuf, finp = _walk(ke, v, dec, h0, None, seqs, H, K, V, C, lowp, dhT=dhT)
+                hbuf, finp = _walk(ke, v, dec, h0, None, seqs, H, K, V, C, lowp, dhT=dhT, segs=ctx.segs)
             else:  # the forward's split walk kept them; the final-state term from its final state
                 hbuf = saved_states
                 finp = (dhT * hT).sum(-1).view(1, n_seq * H, K) if dhT is not None else None
-            dsbuf, _ = _walk(qe, do, dec, dhT, dh0, seqs, H, K, V, C, lowp, reverse=True)
+            dsbuf, _ = _walk(qe, do, dec, dhT, dh0, seqs, H, K, V, C, lowp, reverse=True, segs=ctx.segs)
             # _bwd_chunk: n_part slices of NVB blocks of BVc columns; one partial per slice
             BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
             n_blocks = cdiv(V, BVc)

@@ -18,6 +18,10 @@ Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is 
   forward without gradients); ``_fwd_chunk`` then forms the outputs chunk-parallel. In the backward a
   second ``_walk`` runs in reverse carrying dS (stored at chunk ends), and ``_bwd_chunk`` (one program
   per chunk and V slice) computes dv and a few V-slice partial sums of dO S^T, v dS^T and dO v^T.
+* Segmented walks (``LAUNCH["walk"]["segment"]``, long sequences): a walk's latency grows with the longest
+  document, so documents are cut into segments of a few chunks. ``_walk`` MODE 1 finds each segment's
+  end state from zeros (all segments at once), ``_walk_carry`` steps once per segment to the states
+  entering them, and MODE 2 walks all segments again from those, storing every state.
 * ``_bwd_state`` (fused backward): the same walk forward (states at chunk starts to a scratch buffer),
   then backward carrying dS: dv, and per V block partial sums of dO S^T, v dS^T and dO v^T.
 * ``_bwd_intra``: per chunk, the V-reduced partials become dq, dk (through the key norm and beta), the
@@ -207,12 +211,13 @@ def _walk_start(x0, cu, coff, ik, iv, pid, H: tl.constexpr, K: tl.constexpr, V, 
 
 @triton.jit
 def _walk_step(a, b, dec, xbuf, X, c, bos, eos, c0, h, kk, km, vv, vm, smask, V,
-               H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr):
-    """Store X as chunk c's state in ``xbuf``, then return dec_c * X + a_c^T b_c (one step of a walk)."""
+               H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr, STORE: tl.constexpr = True):
+    """Store X as chunk c's state in ``xbuf`` (if STORE), then return dec_c * X + a_c^T b_c (one walk step)."""
     rows = bos + c * C + tl.arange(0, C)
     rm = rows < eos
-    tl.store(xbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], X.to(xbuf.dtype.element_ty),
-             mask=smask)
+    if STORE:
+        tl.store(xbuf + (((c0 + c) * H + h) * K + kk[:, None]) * V + vv[None, :], X.to(xbuf.dtype.element_ty),
+                 mask=smask)
     a_c = _load_rows(a + h * K, rows, kk, rm, km, H * K)
     b_c = tl.load(b + rows[:, None] * (H * V) + h * V + vv[None, :], mask=rm[:, None] & vm[None, :], other=0.0)
     d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
@@ -314,6 +319,7 @@ def _walk(
     xT,
     dhT,
     finp,
+    fin,
     cu,
     coff,
     V,
@@ -327,6 +333,7 @@ def _walk(
     STORE_FINAL: tl.constexpr,
     FINP: tl.constexpr,
     LOWP: tl.constexpr,
+    MODE: tl.constexpr = 0,
 ):
     """X <- dec_c * X + a_c^T b_c over one sequence's chunks, for a [BK, BV] block of X, storing X before
     every update in ``xbuf`` (the split forms' only sequential part).
@@ -334,20 +341,73 @@ def _walk(
     Forward (a = ke, b = v): the states at chunk starts. REVERSE (a = qe, b = dO): dS at chunk ends. Rows
     of X are independent, so the grid splits K as well as V: many light programs hide the walk's latency.
     FINP (forward only): this block's part of the final-state term of d(log alpha), sum_v dS_T * S_T.
+
+    MODE 1 and 2 walk *segments* (cu/coff describe segments of documents, ``fin[seg]`` the document a
+    segment ends in walk order, else -1): 1 walks each segment from zeros and stores only its end state
+    in xT[seg], skipping the segments that end a document (nothing reads theirs); 2 starts each from
+    x0[seg] (the state :func:`_walk_carry` found entering it), stores every state, and the end state of
+    a document's last segment in xT[fin[seg]].
     """
     iv = tl.program_id(1)
     pid = tl.program_id(2)
     h, bos, eos, c0, nch, kk, vv, km, vm, smask, s_ptr, X = _walk_start(
         x0, cu, coff, tl.program_id(0), iv, pid, H, K, V, C, BK, BV, HAS_INIT
     )
+    if MODE != 0:
+        f = tl.load(fin + pid // H)
+        if MODE == 1:
+            nch = tl.where(f >= 0, 0, nch)
     for i in range(0, nch):
         X = _walk_step(a, b, dec, xbuf, X, nch - 1 - i if REVERSE else i, bos, eos, c0, h, kk, km, vv, vm, smask,
-                       V, H, K, C, LOWP)
+                       V, H, K, C, LOWP, MODE != 1)
     if STORE_FINAL:
-        tl.store(xT + s_ptr, X, mask=smask)
+        if MODE == 0:
+            tl.store(xT + s_ptr, X, mask=smask)
+        elif MODE == 1:
+            if f < 0:
+                tl.store(xT + s_ptr, X, mask=smask)
+        else:
+            if f >= 0:
+                tl.store(xT + ((f * H + h) * K + kk[:, None]) * V + vv[None, :], X, mask=smask)
     if FINP:
         dS = tl.load(dhT + s_ptr, mask=smask, other=0.0).to(tl.float32)
         tl.store(finp + (iv * tl.num_programs(2) + pid) * K + kk, tl.sum(dS * X, axis=1), mask=km)
+
+
+@triton.jit
+def _walk_carry(dec, x0, ends, cu, coff, first, V, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
+                BK: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr):
+    """The segmented walk's sequential part: one step per segment instead of one per chunk.
+
+    Per document (its segments ``first[doc] .. first[doc + 1] - 1``, in walk order), ``ends[seg]`` holds
+    the segment's end state from zeros (MODE 1 of :func:`_walk`) and is overwritten by the state entering
+    the segment; X <- P_seg X + ends[seg] in between, P_seg the product of the segment's chunk decays.
+    """
+    ik = tl.program_id(0)
+    iv = tl.program_id(1)
+    pid = tl.program_id(2)
+    doc = pid // H
+    h = pid % H
+    kk = ik * BK + tl.arange(0, BK)
+    vv = iv * BV + tl.arange(0, BV)
+    km = kk < K
+    smask = km[:, None] & (vv < V)[None, :]
+    if HAS_INIT:
+        X = tl.load(x0 + ((doc * H + h) * K + kk[:, None]) * V + vv[None, :], mask=smask, other=0.0).to(tl.float32)
+    else:
+        X = tl.zeros([BK, BV], tl.float32)
+    s0 = tl.load(first + doc)
+    n = tl.load(first + doc + 1) - s0
+    for j in range(0, n):
+        s = s0 + n - 1 - j if REVERSE else s0 + j
+        ptr = ends + ((s * H + h) * K + kk[:, None]) * V + vv[None, :]
+        end = tl.load(ptr, mask=smask, other=0.0)
+        tl.store(ptr, X, mask=smask)
+        c0 = tl.load(coff + s)
+        P = tl.full([BK], 1.0, tl.float32)
+        for c in range(0, tl.cdiv(tl.load(cu + s + 1) - tl.load(cu + s), C)):
+            P *= tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=1.0)
+        X = P[:, None] * X + end
 
 
 @triton.jit
