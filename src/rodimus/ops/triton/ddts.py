@@ -39,8 +39,10 @@ LAUNCH = {
     # missed the 1e-2 bf16 budget: 1.4-2.6e-2 vs 0.4e-2 with float32)
     # "segment": cut documents into segments of this many chunks when a sequence can be longer than
     # "segment_min_chunks" (0: off): two light walks and a carry step per segment instead of one walk
-    # step per chunk of the longest document
-    "walk": dict(BK=32, BV=128, num_warps=4, num_stages=2, lowp_states=True, segment=16, segment_min_chunks=48),
+    # step per chunk of the longest document. Off: H200 2026-12-04, 359M training, graphs, tok/s off / 8 / 16 /
+    # 32: T8192 B2 99,850 / 95,969 / 97,386 / 96,087; T2048 B8 101,406 / - / 97,079 / - (the walks' GPU time fell
+    # only 12.3 -> 11.4 ms per step; the carry launches and the final-state products cost more)
+    "walk": dict(BK=32, BV=128, num_warps=4, num_stages=2, lowp_states=True, segment=0, segment_min_chunks=48),
     # per-chunk kernels. H200 2026-11-29, B8 T2048 C64: the diagonal 16x16 blocks as one [16, 16, K] tile
     # instead of a loop over columns took _prep 0.180 -> 0.141 ms (0.127 with 8 warps), _bwd_intra
     # 0.396 -> 0.210 ms (8 warps: 0.237)
