@@ -85,6 +85,16 @@ def _check(B, T, H, K, V, dtype, init, cu, chunk):
         _close("dinitial_state", h0.grad, ref_h0.grad, rel=tol)
 
 
+def _use_split_forms(monkeypatch, bwd_bv_chunk, slices, save, **walk):
+    """Force the split forward and backward (LAUNCH[...]["split"]) with small tiles, and `walk` settings."""
+    from rodimus.ops.triton import ddts as tri
+
+    cfg = dict(tri.LAUNCH["bwd_state"], split=True, split_min_v=0, BV_chunk=bwd_bv_chunk, slices=slices)
+    monkeypatch.setitem(tri.LAUNCH, "bwd_state", cfg)
+    monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32, save_states=save))
+    monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BV=32, **walk))
+
+
 SPLIT_FORMS = [  # slices of _bwd_chunk, _walk's K block, forward states kept for the backward
     pytest.param(1, 16, False, id="slices1-BK16"),
     pytest.param(3, 32, True, id="slices3-BK32-saved"),
@@ -95,12 +105,7 @@ SPLIT_FORMS = [  # slices of _bwd_chunk, _walk's K block, forward states kept fo
 @pytest.mark.parametrize("B,T,H,K,V,dtype,init,cu,chunk", [CASES[0], CASES[3], CASES[4], CASES[6]])
 def test_split_walks(B, T, H, K, V, dtype, init, cu, chunk, slices, walk_bk, save, monkeypatch):
     """The chunk-parallel forms (LAUNCH[...]["split"]) meet the same tolerances, forward and gradients."""
-    from rodimus.ops.triton import ddts as tri
-
-    cfg = dict(tri.LAUNCH["bwd_state"], split=True, split_min_v=0, BV_chunk=16, slices=slices)
-    monkeypatch.setitem(tri.LAUNCH, "bwd_state", cfg)
-    monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32, save_states=save))
-    monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BK=walk_bk, BV=32))
+    _use_split_forms(monkeypatch, 16, slices, save, BK=walk_bk)
     _check(B, T, H, K, V, dtype, init, cu, chunk)
 
 
@@ -115,13 +120,7 @@ SEGMENTED = [  # chunks per segment, forward states kept for the backward
 def test_segmented_walks(B, T, H, K, V, dtype, init, cu, chunk, segment, save, monkeypatch):
     """Walks over segments of the documents (local pass, carry, seeded pass) match the reference, including
     empty documents, documents of one segment and the initial/final states."""
-    from rodimus.ops.triton import ddts as tri
-
-    cfg = dict(tri.LAUNCH["bwd_state"], split=True, split_min_v=0, BV_chunk=32, slices=2)
-    monkeypatch.setitem(tri.LAUNCH, "bwd_state", cfg)
-    monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32, save_states=save))
-    walk = dict(tri.LAUNCH["walk"], BK=16, BV=32, segment=segment, segment_min_chunks=0)
-    monkeypatch.setitem(tri.LAUNCH, "walk", walk)
+    _use_split_forms(monkeypatch, 32, 2, save, BK=16, segment=segment, segment_min_chunks=0)
     _check(B, T, H, K, V, dtype, init, cu, chunk)
 
 

@@ -173,6 +173,12 @@ def _split_backward(V: int) -> bool:
     return bool(cfg.get("split", False)) and cfg.get("split_min_v", 0) <= V
 
 
+def _final_term(dhT, hT):
+    """The final-state term's partials in the layout :func:`kern._walk`'s FINP writes ([1, n_seq * H, K]),
+    from a stored final state; None without dhT."""
+    return None if dhT is None else (dhT * hT).sum(-1).view(1, -1, hT.shape[-2])
+
+
 def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None, lowp_states=False, segs=None):
     """Run :func:`kern._walk`: (the per-chunk state buffer, the final-state term's partials or None).
 
@@ -199,15 +205,14 @@ def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None,
             HAS_INIT=False, STORE_FINAL=True, FINP=False, MODE=1, **consts,
         )  # fmt: skip
         kern._walk_carry[(cdiv(K, BK), NV, n_sh)](
-            dec, x0 if x0 is not None else ends, ends, scu, scoff, first, V,
+            dec, x0 if x0 is not None else ends, ends, cu, coff, scu, scoff, first, V,
             H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, HAS_INIT=x0 is not None, num_warps=cfg["num_warps"],
         )  # fmt: skip
         kern._walk[grid](
             a, b, dec, ends, xbuf, xT if xT is not None else xbuf, ends, ends, fin, scu, scoff, V,
             HAS_INIT=True, STORE_FINAL=xT is not None, FINP=False, MODE=2, **consts,
         )  # fmt: skip
-        finp = (dhT.float() * xT).sum(-1).view(1, n_sh, K) if dhT is not None else None
-        return xbuf, finp
+        return xbuf, _final_term(dhT, xT)
     finp = torch.empty(NV, n_sh, K, device=a.device, dtype=torch.float32) if dhT is not None else None
     if n_sh:
         kern._walk[(cdiv(K, BK), NV, n_sh)](
@@ -293,7 +298,7 @@ class _DDTSFunction(torch.autograd.Function):
                 hbuf, finp = _walk(ke, v, dec, h0, None, seqs, H, K, V, C, lowp, dhT=dhT, segs=ctx.segs)
             else:  # the forward's split walk kept them; the final-state term from its final state
                 hbuf = saved_states
-                finp = (dhT * hT).sum(-1).view(1, n_seq * H, K) if dhT is not None else None
+                finp = _final_term(dhT, hT)
             dsbuf, _ = _walk(qe, do, dec, dhT, dh0, seqs, H, K, V, C, lowp, reverse=True, segs=ctx.segs)
             # _bwd_chunk: n_part slices of NVB blocks of BVc columns; one partial per slice
             BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))

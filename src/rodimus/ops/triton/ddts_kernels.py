@@ -375,37 +375,29 @@ def _walk(
 
 
 @triton.jit
-def _walk_carry(dec, x0, ends, cu, coff, first, V, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
+def _walk_carry(dec, x0, ends, cu, coff, scu, scoff, first, V, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr):
     """The segmented walk's sequential part: one step per segment instead of one per chunk.
 
-    Per document (its segments ``first[doc] .. first[doc + 1] - 1``, in walk order), ``ends[seg]`` holds
-    the segment's end state from zeros (MODE 1 of :func:`_walk`) and is overwritten by the state entering
-    the segment; X <- P_seg X + ends[seg] in between, P_seg the product of the segment's chunk decays.
+    Per document (cu/coff; its segments ``first[doc] .. first[doc + 1] - 1`` in scu/scoff, in walk order),
+    ``ends[seg]`` holds the segment's end state from zeros (MODE 1 of :func:`_walk`) and is overwritten by
+    the state entering the segment; X <- P_seg X + ends[seg] in between, P_seg the product of the
+    segment's chunk decays.
     """
-    ik = tl.program_id(0)
-    iv = tl.program_id(1)
     pid = tl.program_id(2)
-    doc = pid // H
-    h = pid % H
-    kk = ik * BK + tl.arange(0, BK)
-    vv = iv * BV + tl.arange(0, BV)
-    km = kk < K
-    smask = km[:, None] & (vv < V)[None, :]
-    if HAS_INIT:
-        X = tl.load(x0 + ((doc * H + h) * K + kk[:, None]) * V + vv[None, :], mask=smask, other=0.0).to(tl.float32)
-    else:
-        X = tl.zeros([BK, BV], tl.float32)
-    s0 = tl.load(first + doc)
-    n = tl.load(first + doc + 1) - s0
+    h, _, _, _, _, kk, vv, km, _, smask, _, X = _walk_start(
+        x0, cu, coff, tl.program_id(0), tl.program_id(1), pid, H, K, V, C, BK, BV, HAS_INIT
+    )
+    s0 = tl.load(first + pid // H)
+    n = tl.load(first + pid // H + 1) - s0
     for j in range(0, n):
         s = s0 + n - 1 - j if REVERSE else s0 + j
         ptr = ends + ((s * H + h) * K + kk[:, None]) * V + vv[None, :]
         end = tl.load(ptr, mask=smask, other=0.0)
         tl.store(ptr, X, mask=smask)
-        c0 = tl.load(coff + s)
+        c0 = tl.load(scoff + s)
         P = tl.full([BK], 1.0, tl.float32)
-        for c in range(0, tl.cdiv(tl.load(cu + s + 1) - tl.load(cu + s), C)):
+        for c in range(0, tl.cdiv(tl.load(scu + s + 1) - tl.load(scu + s), C)):
             P *= tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=1.0)
         X = P[:, None] * X + end
 
