@@ -100,6 +100,8 @@ def run_one(kind: str, args, data_dir: Path) -> dict:
     cfg.max_steps, cfg.eval_windows, cfg.compile = 10**6, args.micro_batch, args.compile
     cfg.activation_checkpointing = args.activation_checkpointing
     cfg.cuda_graphs = args.cuda_graphs and torch.cuda.is_available()
+    if args.chunk_size is not None and kind != "llama":
+        cfg.model["chunk_size"] = args.chunk_size
     if args.smoke:  # CPU check of the script itself: same code, toy sizes
         cfg.model.update(d_model=64, n_layer=2, mixer_cfg=dict(mem_size=16))
         if "attn_cfg" in cfg.model:
@@ -157,6 +159,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--cuda-graphs", action="store_true", help="replay forward+backward as CUDA graphs (trainer option)")
     p.add_argument("--profile", type=int, default=0, help="after timing, profile this many steps by kernel")
+    p.add_argument(
+        "--chunk-size", type=int, default=None, help="the DDTS chunk (config.chunk_size; default: the kernels' own)"
+    )
     p.add_argument("--smoke", action="store_true", help="toy sizes, to check the script on a CPU")
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument(

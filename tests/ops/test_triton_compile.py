@@ -26,6 +26,7 @@ KERNELS = {  # every kernel the ops launch (helpers called inside kernels are co
     "gating": ["_fwd", "_bwd"],
     "rotary": ["_rotate"],
     "cross_entropy": ["_xent_rows"],
+    "_common": ["_column_sum"],
 }
 
 

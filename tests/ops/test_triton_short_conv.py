@@ -129,3 +129,30 @@ def test_float64_routes_to_torch_form_and_registry():
     assert dispatch.REGISTRY["short_conv"]["triton"] is short_conv_triton
     with pytest.raises(ValueError, match="activation"):
         short_conv_triton(x, w, b, activation="relu")
+
+
+@pytest.mark.parametrize("cu", [None, [0, 5, 5, 40]], ids=["batched", "packed"])
+@pytest.mark.parametrize("conv_grad", [True, False], ids=["both", "pass-only"])
+@pytest.mark.parametrize("form", ["triton", "torch", "naive"])
+def test_pass_input_adds_the_other_consumers_gradient(form, conv_grad, cu):
+    """With ``pass_input`` the third result is x itself; a consumer reading it gets x's gradient summed
+    with the conv's (inside the Triton dx kernel), also when only that consumer carries a gradient."""
+    fn = {"triton": short_conv_triton, "torch": short_conv, "naive": short_conv_naive}[form]
+    B = 2 if cu is None else 1
+    cu = torch.tensor(cu) if cu is not None else None
+    base = _inputs(B, 40, 24, 4, init=False, bias=True)
+    ins = _leaves(base, torch.float32)
+    ref = [t.clone().requires_grad_() if t is not None else None for t in base]
+    kw = dict(cu_seqlens=cu.to(DEV) if cu is not None else None)
+    y, s, xp = fn(ins[0], ins[1], ins[2], pass_input=True, **kw)
+    assert xp is ins[0] or torch.equal(xp, ins[0])
+    y_ref, _ = short_conv_naive(ref[0], ref[1], ref[2], cu_seqlens=cu)
+    g = torch.Generator().manual_seed(3)
+    dy, dp = (torch.randn(y_ref.shape, generator=g, dtype=torch.float64) for _ in range(2))
+    other = (xp.sin() * dp.to(DEV, torch.float32)).sum()  # a non-linear consumer of the passed-through x
+    ((y * dy.to(DEV, torch.float32)).sum() + other if conv_grad else other).backward()
+    other_ref = (ref[0].sin() * dp).sum()
+    ((y_ref * dy).sum() + other_ref if conv_grad else other_ref + 0 * y_ref.sum()).backward()
+    _close("dx", ins[0].grad, ref[0].grad, rel=TOL[torch.float32])
+    if conv_grad:
+        _close("dweight", ins[1].grad, ref[1].grad, rel=TOL[torch.float32])

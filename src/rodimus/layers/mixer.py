@@ -31,10 +31,12 @@ class ShortConvolution(nn.Module):
         self.width = width
         self.conv1d = nn.Conv1d(dim, dim, width, groups=dim, bias=True)
 
-    def forward(self, x, *, backend: str, initial_state=None, cu_seqlens=None, output_final_state: bool = True):
+    def forward(self, x, *, backend: str, initial_state=None, cu_seqlens=None, output_final_state: bool = True,
+                pass_input: bool = False):
         op = get_op("short_conv", backend)
         return op(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, initial_state=initial_state,
-                  cu_seqlens=cu_seqlens, activation="silu", output_final_state=output_final_state)
+                  cu_seqlens=cu_seqlens, activation="silu", output_final_state=output_final_state,
+                  pass_input=pass_input)
 
 
 class RodimusInnerMixer(nn.Module):
@@ -117,7 +119,10 @@ class RodimusInnerMixer(nn.Module):
         if cache is not None:
             conv_state = cache.get_conv_state(self.layer_idx)
             rec_state = cache.get_recurrent_state(self.layer_idx)
-        xc, conv_final = self.short_conv(x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens)
+        # x's other consumer, the input gate, reads it through the conv: its gradient is added inside the
+        # conv's backward kernel instead of by autograd in a separate pass over [rows, d_inner]
+        xc, conv_final, x = self.short_conv(x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens,
+                                            pass_input=True)
         if rebuild is not None:
             rebuild.register(xc, self._conv_rebuild(x, backend, conv_state, cu_seqlens))
         n = self.mem_size

@@ -45,7 +45,8 @@ def short_conv_naive(
     cu_seqlens: torch.Tensor | None = None,
     activation: str | None = "silu",
     output_final_state: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    pass_input: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Reference: loop over time with an explicit sliding buffer.
 
     Args:
@@ -53,7 +54,9 @@ def short_conv_naive(
         cu_seqlens: [N + 1] offsets of packed documents (B = 1).
     Returns:
         y: [B, T, D] in x's dtype; final_state: [N, D, W-1], the last W-1 inputs of each sequence
-        (None when ``output_final_state`` is False: a caller that only needs y, e.g. a rebuild in backward).
+        (None when ``output_final_state`` is False: a caller that only needs y, e.g. a rebuild in backward);
+        with ``pass_input``, x itself as a third result, for x's other consumer to read instead of x (the
+        Triton backward then adds that consumer's gradient inside its last kernel, not in a separate sum).
     """
     W, _ = _check(x, weight, bias, initial_state, cu_seqlens, activation)
     B, T, D = x.shape
@@ -78,7 +81,7 @@ def short_conv_naive(
         it = iter(finals)
         finals = [next(it) if n > 0 else x.new_zeros(B, D, W - 1, dtype=acc) for n in lengths]
     y = torch.stack(ys, 1) if ys else x.new_zeros(B, 0, D, dtype=acc)
-    return y.to(x.dtype), torch.cat(finals, 0).to(x.dtype) if output_final_state else None
+    return _results(y.to(x.dtype), torch.cat(finals, 0).to(x.dtype) if output_final_state else None, x, pass_input)
 
 
 def short_conv(
@@ -90,7 +93,8 @@ def short_conv(
     cu_seqlens: torch.Tensor | None = None,
     activation: str | None = "silu",
     output_final_state: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    pass_input: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Vectorised form of :func:`short_conv_naive` (same arguments and results): W shifted FMAs."""
     W, _ = _check(x, weight, bias, initial_state, cu_seqlens, activation)
     B, T, D = x.shape
@@ -111,12 +115,16 @@ def short_conv(
         y = y + term
     y = _ACTIVATIONS[activation](y).to(x.dtype)
     if not output_final_state:
-        return y, None
+        return _results(y, None, x, pass_input)
     if cu_seqlens is None:
-        return y, xcat[:, T:].transpose(1, 2).to(x.dtype)
+        return _results(y, xcat[:, T:].transpose(1, 2).to(x.dtype), x, pass_input)
     ends = cu_seqlens[1:].long()  # index into xcat of one past each document's last input
     lengths = cu_seqlens.diff().long()
     idx = ends[:, None] + torch.arange(W - 1, device=x.device)[None, :]  # [N, W-1] in xcat coordinates
     valid = torch.arange(W - 1, device=x.device)[None, :] >= (W - 1 - lengths[:, None])
     final = xcat[0][idx] * valid[..., None].to(acc)  # [N, W-1, D]
-    return y, final.transpose(1, 2).to(x.dtype)
+    return _results(y, final.transpose(1, 2).to(x.dtype), x, pass_input)
+
+
+def _results(y, final, x, pass_input):
+    return (y, final, x) if pass_input else (y, final)

@@ -87,6 +87,34 @@ def sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
 
 
+@triton.jit
+def _column_sum(P, out, R, N, BR: tl.constexpr, BN: tl.constexpr):
+    cols = tl.program_id(0) * BN + tl.arange(0, BN)
+    cm = cols < N
+    acc = tl.zeros([BR, BN], tl.float32)
+    for r0 in range(0, R, BR):
+        rows = r0 + tl.arange(0, BR)
+        acc += tl.load(P + rows.to(tl.int64)[:, None] * N + cols[None, :], mask=(rows < R)[:, None] & cm[None, :],
+                       other=0.0).to(tl.float32)
+    tl.store(out + cols, tl.sum(acc, axis=0).to(out.dtype.element_ty), mask=cm)
+
+
+def column_sum(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``partials.sum(0).to(dtype)`` for a kernel's per-program partial sums [R, N], in one launch.
+
+    torch's column reduction plus its cast took ~13 us a weight gradient on an H200 (a few hundred per
+    342M training step, docs/BENCHMARKS.md); the reference is that torch expression.
+    """
+    if partials.shape[0] == 0 or partials.numel() == 0:
+        return torch.zeros(partials.shape[1:], device=partials.device, dtype=dtype)
+    p = partials.reshape(partials.shape[0], -1).contiguous()
+    R, N = p.shape
+    out = torch.empty(N, device=p.device, dtype=dtype)
+    BN = 64
+    _column_sum[(cdiv(N, BN),)](p, out, R, N, BR=32, BN=BN, num_warps=4)
+    return out.view(partials.shape[1:])
+
+
 def rows_view(t: torch.Tensor) -> torch.Tensor:
     """t as [rows, last dim] with unit column stride: a view when the layout allows (column slices of a
     wider projection need no copy; the kernels take the row stride), else a contiguous copy."""

@@ -29,7 +29,9 @@ LAUNCH = {
     # (the fused walk waits on the longest document there)
     "fwd": dict(BV=128, num_warps=4, num_stages=1, split_max_programs=64, save_states=True, split_with_grad=True),
     # the fused backward walk; the split form (two _walk passes and the chunk-parallel _bwd_chunk with
-    # "BV_chunk" columns per block, "slices" V slices, "chunk_warps" warps) for V >= "split_min_v".
+    # "BV_chunk" columns per block, "slices" V slices, "chunk_warps" warps, "chunk_stages" pipeline stages,
+    # default 3 as Triton's own; also read for _fwd_chunk from "fwd") for V >= "split_min_v". H200
+    # 2026-12-04, T8192 training: 8 warps, 4 slices, 1-2 stages all within the ~1% run-to-run spread.
     # H200 2026-11-29, B8 T2048 C64, per-kernel sums: V 2048 1.35 ms vs 1.46 fused, V 4096 2.08 vs 2.28;
     # B2 T8192 V 2048: 2.28 vs 2.87
     "bwd_state": dict(BV=64, num_warps=4, num_stages=1, split=True, split_min_v=2048, BV_chunk=64, slices=2),
@@ -261,6 +263,7 @@ class _DDTSFunction(torch.autograd.Function):
                 kern._fwd_chunk[(seqs[4], H, cdiv(V, BVc))](
                     v, o, qe, A, hbuf, seqs[1], seqs[2], seqs[0], seqs[3], V,
                     H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=lowp, num_warps=cfg.get("chunk_warps", 4),
+                    num_stages=cfg.get("chunk_stages", 3),
                 )  # fmt: skip
             if keep:
                 saved_states = hbuf
@@ -275,6 +278,9 @@ class _DDTSFunction(torch.autograd.Function):
         ctx.save_for_backward(q, k, v, gp, tp, h0c, qe, ke, dec, A, *seqs[:4], saved_states, hT)
         ctx.meta = (B, T, scale, eps, C, seqs[4:])
         ctx.segs = segs  # index tensors, no autograd history
+        # an unused final state (training) gets no gradient: autograd would otherwise hand backward a
+        # zero [n_seq, H, K, V] float32 tensor (n_seq: cuda_graph_max_docs under graphs) to walk and reduce
+        ctx.set_materialize_grads(False)
         return o.view(B, T, H, V), hT
 
     @staticmethod
@@ -285,7 +291,7 @@ class _DDTSFunction(torch.autograd.Function):
         V = v.shape[-1]
         dev = q.device
         n_seq = cu.numel() - 1
-        do = do.contiguous().view(TT, H, V)
+        do = do.contiguous().view(TT, H, V) if do is not None else v.new_zeros(TT, H, V)
         dhT = dhT.contiguous() if dhT is not None else None
         f32 = dict(device=dev, dtype=torch.float32)
         dv = torch.empty_like(v)
@@ -310,6 +316,7 @@ class _DDTSFunction(torch.autograd.Function):
                 kern._bwd_chunk[(n_slots, H, n_part)](
                     v, do, ke, A, hbuf, dsbuf, dv, dQp, dKp, dAp, chunk_seq, chunk_idx, cu, coff, V, TT, NVB,
                     H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=lowp, num_warps=cfg.get("chunk_warps", 4),
+                    num_stages=cfg.get("chunk_stages", 3),
                 )  # fmt: skip
             del hbuf, dsbuf
             if finp is None:

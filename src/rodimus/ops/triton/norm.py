@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from rodimus.ops.norm import check_gated_norm_inputs, gated_rms_norm, rms_norm, rms_norm_pass
-from rodimus.ops.triton._common import INTERPRET, cdiv, sigmoid
+from rodimus.ops.triton._common import INTERPRET, cdiv, column_sum, sigmoid
 from rodimus.ops.triton._common import rows_view as _rows
 
 
@@ -144,8 +144,8 @@ class _GatedNorm(torch.autograd.Function):
                 o2.stride(0), x2.stride(0), g2.stride(0), rows,
                 HAS_SKIP=has_skip, HAS_GATE=has_gate, HAS_RES=has_res, BD=BD, num_warps=warps,
             )
-        dw = dwp.sum(0).to(weight.dtype)
-        ds = dsp.sum(0).to(s.dtype) if has_skip else None
+        dw = column_sum(dwp, weight.dtype)
+        ds = column_sum(dsp, s.dtype) if has_skip else None
         dg = dg.view(shape) if has_gate else None
         return do.view(shape), dg, dw, None, dx.view(shape) if has_skip else None, ds, None, None
 

@@ -13,7 +13,7 @@ import torch
 from rodimus.ops.packing import derived, document_starts
 from rodimus.ops.short_conv import _check, short_conv
 from rodimus.ops.triton import short_conv_kernels as kern
-from rodimus.ops.triton._common import cdiv, next_pow2
+from rodimus.ops.triton._common import cdiv, column_sum, next_pow2
 
 # (rows, max channels, warps) per program of each kernel. dpre: 2 warps, H200 2026-11-29 (sixth session,
 # benchmarks/sweep_short_conv.py, packed 1x16384 D 2048 bf16 fwd+bwd as CUDA graphs): 347 us vs 406 with 4
@@ -79,8 +79,8 @@ def _final_state(x, h0, cu_seqlens, W):
 
 class _ShortConvFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, h0, cu_seqlens, silu, output_final_state=True):
-        x = _row_major(x)
+    def forward(ctx, x_in, weight, bias, h0, cu_seqlens, silu, output_final_state=True, pass_input=False):
+        x = _row_major(x_in)
         w = weight.contiguous()
         B, T, D = x.shape
         W = w.shape[1]
@@ -101,10 +101,10 @@ class _ShortConvFunction(torch.autograd.Function):
         ctx.silu = silu
         ctx.h0_dtype = h0.dtype if h0 is not None else None
         ctx.set_materialize_grads(False)
-        return y, final
+        return (y, final, x_in) if pass_input else (y, final)
 
     @staticmethod
-    def backward(ctx, dy, dfinal):
+    def backward(ctx, dy, dfinal, dx_pass=None):
         x, w, bias, h0t, pos, cu_seqlens = ctx.saved_tensors
         B, T, D = x.shape
         W = w.shape[1]
@@ -113,11 +113,15 @@ class _ShortConvFunction(torch.autograd.Function):
         dx = torch.empty_like(x, memory_format=torch.contiguous_format)
         dh0t = torch.zeros(B, W - 1, D, **f32) if want_dh0 else None
         if dy is None or not (T and D):
-            dx.zero_()
+            if dx_pass is not None:
+                dx.copy_(dx_pass)
+            else:
+                dx.zero_()
             dw = torch.zeros(D, W, **f32)
             db = torch.zeros(D, **f32) if bias is not None else None
         else:
-            dw, db = _backward(x, w, bias, h0t, pos, _row_major(dy), dx, dh0t, ctx.silu)
+            dr = dx_pass.contiguous() if dx_pass is not None else None
+            dw, db = _backward(x, w, bias, h0t, pos, _row_major(dy), dx, dh0t, ctx.silu, dr)
         dh0 = dh0t.transpose(1, 2) if dh0t is not None else None  # [B, D, W-1] view
         if dfinal is not None and W > 1:
             _add_final_grad(dfinal, dx, dh0, cu_seqlens, W)
@@ -129,11 +133,13 @@ class _ShortConvFunction(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
-def _backward(x, w, bias, h0t, pos, dy, dx, dh0t, silu):
-    """Fill dx (and dh0t); return float32 dweight [D, W] and dbias (or None)."""
+def _backward(x, w, bias, h0t, pos, dy, dx, dh0t, silu, dr=None):
+    """Fill dx (plus dr, the passed-through input's gradient, when given) and dh0t; return float32
+    dweight [D, W] and dbias (or None)."""
     B, T, D = x.shape
     W = w.shape[1]
     f32 = dict(device=x.device, dtype=torch.float32)
@@ -155,10 +161,11 @@ def _backward(x, w, bias, h0t, pos, dy, dx, dh0t, silu):
     )  # fmt: skip
     BT, BD, warps = _blocks("dx", D, W)
     kern._bwd_dx[(cdiv(T, BT), cdiv(D, BD), B)](
-        dpre, w, pos if pos is not None else w, dx, T, D, W=W, BT=BT, BD=BD, PACKED=pos is not None,
-        num_warps=warps,
+        dpre, w, pos if pos is not None else w, dr if dr is not None else dx, dx, T, D, W=W, BT=BT, BD=BD,
+        PACKED=pos is not None, HAS_RES=dr is not None, num_warps=warps,
     )  # fmt: skip
-    return dwp[:, :W].sum(0).t(), (dbp.sum(0) if bias is not None else None)
+    dw = column_sum(dwp, torch.float32)[:W].t()
+    return dw, (column_sum(dbp, torch.float32) if bias is not None else None)
 
 
 def _add_final_grad(dfinal, dx, dh0, cu_seqlens, W):
@@ -185,7 +192,8 @@ def short_conv_triton(
     cu_seqlens: torch.Tensor | None = None,
     activation: str | None = "silu",
     output_final_state: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    pass_input: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Fused short convolution (Triton); arguments and results as :func:`rodimus.ops.short_conv.short_conv`.
 
     Float64 inputs (gradcheck) go to the torch form; the kernels accumulate in float32.
@@ -194,8 +202,8 @@ def short_conv_triton(
     if any(t is not None and t.dtype == torch.float64 for t in (x, weight, bias, initial_state)):
         return short_conv(
             x, weight, bias, initial_state=initial_state, cu_seqlens=cu_seqlens, activation=activation,
-            output_final_state=output_final_state,
+            output_final_state=output_final_state, pass_input=pass_input,
         )
     return _ShortConvFunction.apply(
-        x, weight, bias, initial_state, cu_seqlens, activation == "silu", output_final_state
+        x, weight, bias, initial_state, cu_seqlens, activation == "silu", output_final_state, pass_input
     )

@@ -137,8 +137,10 @@ def _bwd_dpre(x, w, bias, h0, pos, dy, dpre, dwp, dbp, dh0, T, D, STEPS, sxb, sx
 
 
 @triton.jit
-def _bwd_dx(dpre, w, pos, dx, T, D, W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, PACKED: tl.constexpr):
-    """Backward pass 2: dx_t = sum_l w[W-1-l] dpre_{t+l} over rows of t's own document."""
+def _bwd_dx(dpre, w, pos, dr, dx, T, D, W: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+            PACKED: tl.constexpr, HAS_RES: tl.constexpr):
+    """Backward pass 2: dx_t = sum_l w[W-1-l] dpre_{t+l} over rows of t's own document, plus (HAS_RES)
+    dr_t, the gradient of x's other consumer (the passed-through x), laid out like dx."""
     pid_t, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rt = pid_t * BT + tl.arange(0, BT)
     rd = pid_d * BD + tl.arange(0, BD)
@@ -154,5 +156,7 @@ def _bwd_dx(dpre, w, pos, dx, T, D, W: tl.constexpr, BT: tl.constexpr, BD: tl.co
         v = tl.load(dpre + base + src.to(tl.int64)[:, None] * D + rd[None, :], mask=m[:, None] & md[None, :],
                     other=0.0)
         acc += v.to(tl.float32) * wl[None, :]
-    tl.store(dx + base + rt.to(tl.int64)[:, None] * D + rd[None, :], acc.to(dx.dtype.element_ty),
-             mask=mt[:, None] & md[None, :])
+    off = base + rt.to(tl.int64)[:, None] * D + rd[None, :]
+    if HAS_RES:
+        acc += tl.load(dr + off, mask=mt[:, None] & md[None, :], other=0.0).to(tl.float32)
+    tl.store(dx + off, acc.to(dx.dtype.element_ty), mask=mt[:, None] & md[None, :])
