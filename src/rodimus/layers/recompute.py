@@ -184,8 +184,25 @@ class _LowRankGate(torch.autograd.Function):
                 dx2.addmm_(dxa, wa_d)  # the low-rank path's share of dx, summed inside the GEMM
             else:
                 dx2 += (dxa @ wa_d).to(dx2.dtype)
-            dwb = (da2.t() @ xa2).to(wb.dtype) if wb.requires_grad else None
-            dbb = da2.sum(0, dtype=torch.float32).to(bb.dtype) if bb is not None and bb.requires_grad else None
+            dwb, dbb = _up_grads(da2, xa2, wb, bb)
             dwa = (dxa.t() @ x.reshape(-1, width).to(dt)).to(wa.dtype) if wa.requires_grad else None
             dba = dxa.sum(0, dtype=torch.float32).to(ba.dtype) if ba is not None and ba.requires_grad else None
         return dx.view(x.shape), dwa, dba, dwb, dbb, None
+
+
+def _up_grads(da: torch.Tensor, xa: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
+    """The up-projection's weight and bias gradients from one GEMM: da^T [xa, 1] (the bias gradient, a
+    column sum of da, rides along as a column of ones instead of a separate pass over [rows, width]);
+    the extra columns pad the row to 16 bytes for the GEMM."""
+    want_b = b is not None and b.requires_grad
+    if not (w.requires_grad or want_b):
+        return None, None
+    rank = xa.shape[-1]
+    cols = xa
+    if want_b:
+        pad = xa.new_zeros(xa.shape[0], 8)
+        pad[:, 0] = 1
+        cols = torch.cat([xa, pad], 1)
+    g = mm_into(torch.empty(da.shape[1], cols.shape[1], device=da.device, dtype=torch.float32), da.t(), cols)
+    dw = g[:, :rank].to(w.dtype) if w.requires_grad else None
+    return dw, (g[:, rank].to(b.dtype) if want_b else None)
