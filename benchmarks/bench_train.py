@@ -92,7 +92,8 @@ def profile_steps(trainer, kind: str, steps: int, top: int = 25) -> None:
     print(prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=70))
 
 
-def run_one(kind: str, args, data_dir: Path) -> dict:
+def build_trainer(kind: str, args, data_dir: Path) -> Trainer:
+    """The benchmark's trainer for one model kind, from the parsed options (also used by step_phases.py)."""
     preset = {"rodimus": "rodimus-350m", "rodimus_plus": "rodimus-plus-350m", "llama": "rodimus-350m"}[kind]
     cfg = preset_config(preset)
     cfg.out = str(data_dir / f"run-{kind}")
@@ -109,7 +110,12 @@ def run_one(kind: str, args, data_dir: Path) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     model = llama_350m(args.vocab, args.seq_len, args.smoke) if kind == "llama" else None
-    trainer = Trainer(cfg, DistInfo(device=device), model=model, data_dir=data_dir, progress=False)
+    return Trainer(cfg, DistInfo(device=device), model=model, data_dir=data_dir, progress=False)
+
+
+def run_one(kind: str, args, data_dir: Path) -> dict:
+    trainer = build_trainer(kind, args, data_dir)
+    device = trainer.info.device
     total, _ = count_parameters(trainer.base)
     fpt = flops_per_token(trainer.base, kind, args.seq_len)
     tokens_per_step = args.micro_batch * args.seq_len
@@ -137,7 +143,7 @@ def run_one(kind: str, args, data_dir: Path) -> dict:
         "peak_mem_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
         # a captured graph's activations live in its private pool, which allocated-bytes peaks miss
         "peak_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2) if device.type == "cuda" else None,
-        "cuda_graphs": cfg.cuda_graphs,
+        "cuda_graphs": trainer.cfg.cuda_graphs,
     }
     del trainer
     gc.collect()  # the trainer and its captured graphs reference each other: free them (and their pool) now

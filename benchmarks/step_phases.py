@@ -18,11 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_train import synthetic_dataset
-
-from rodimus.train.config import preset_config
-from rodimus.train.distributed import DistInfo
-from rodimus.train.trainer import Trainer
+from bench_train import build_trainer, synthetic_dataset
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,22 +30,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--smoke", action="store_true", help="toy sizes, to check the script on a CPU")
     args = p.parse_args(argv)
     cuda = torch.cuda.is_available()
-    dev = torch.device("cuda" if cuda else "cpu")
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize()
 
+    opts = argparse.Namespace(
+        seq_len=args.seq_len, micro_batch=args.micro_batch, vocab=32000, compile=False, activation_checkpointing=False,
+        cuda_graphs=not args.no_graphs, chunk_size=None, smoke=args.smoke,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        synthetic_dataset(Path(tmp), 32000, tokens=2 * 10**7)
-        cfg = preset_config("rodimus-350m")
-        cfg.out = str(Path(tmp) / "run")
-        cfg.seq_len, cfg.micro_batch, cfg.grad_accum = args.seq_len, args.micro_batch, 1
-        cfg.max_steps, cfg.eval_windows = 10**6, args.micro_batch
-        cfg.cuda_graphs = cuda and not args.no_graphs
-        if args.smoke:
-            cfg.model.update(d_model=64, n_layer=2, mixer_cfg=dict(mem_size=16))
-        tr = Trainer(cfg, DistInfo(device=dev), data_dir=Path(tmp), progress=False)
+        synthetic_dataset(Path(tmp), opts.vocab, tokens=2 * 10**7)
+        tr = build_trainer("rodimus", opts, Path(tmp))
         graphed = tr.graphs is not None
         for _ in range(3):
             tr.train_step(tr.loader.next_step())

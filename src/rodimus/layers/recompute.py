@@ -193,16 +193,12 @@ class _LowRankGate(torch.autograd.Function):
 def _up_grads(da: torch.Tensor, xa: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None):
     """The up-projection's weight and bias gradients from one GEMM: da^T [xa, 1] (the bias gradient, a
     column sum of da, rides along as a column of ones instead of a separate pass over [rows, width]);
-    the extra columns pad the row to 16 bytes for the GEMM."""
+    eight columns of ones, not one, keep the row 16-byte aligned for the GEMM."""
     want_b = b is not None and b.requires_grad
     if not (w.requires_grad or want_b):
         return None, None
     rank = xa.shape[-1]
-    cols = xa
-    if want_b:
-        pad = xa.new_zeros(xa.shape[0], 8)
-        pad[:, 0] = 1
-        cols = torch.cat([xa, pad], 1)
+    cols = F.pad(xa, (0, 8), value=1.0) if want_b else xa
     g = mm_into(torch.empty(da.shape[1], cols.shape[1], device=da.device, dtype=torch.float32), da.t(), cols)
     dw = g[:, :rank].to(w.dtype) if w.requires_grad else None
     return dw, (g[:, rank].to(b.dtype) if want_b else None)

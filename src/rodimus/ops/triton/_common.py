@@ -105,7 +105,7 @@ def column_sum(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     torch's column reduction plus its cast took ~13 us a weight gradient on an H200 (a few hundred per
     342M training step, docs/BENCHMARKS.md); the reference is that torch expression.
     """
-    if partials.shape[0] == 0 or partials.numel() == 0:
+    if partials.numel() == 0:
         return torch.zeros(partials.shape[1:], device=partials.device, dtype=dtype)
     p = partials.reshape(partials.shape[0], -1).contiguous()
     R, N = p.shape
