@@ -109,6 +109,31 @@ def test_packed_documents_equal_separate_runs(form):
         assert_close(f"state[doc {i}]", s[i : i + 1], s_i, rel=1e-10)
 
 
+@pytest.mark.parametrize("form", ["naive", "chunk", "recurrent"])
+@pytest.mark.parametrize("cu", [None, [0, 9, 9, 30]], ids=["batch", "packed"])
+def test_no_final_state_same_output_and_gradients(form, cu):
+    """output_final_state=False (training) returns None for the state and changes nothing else."""
+    fn = {"naive": ddts_naive, "chunk": lambda *a, **k: ddts_chunk(*a, chunk_size=8, **k),
+          "recurrent": ddts_recurrent}[form]
+    cu = torch.tensor(cu) if cu is not None else None
+    inputs, h0 = make_inputs(1 if cu is not None else 2, 30, 2, 4, 6, seed=7)
+    h0 = h0 if cu is None else None  # packed documents start from zeros
+    w = torch.randn(*inputs[2].shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    results = []
+    for want in (True, False):
+        leaves = [t for t in (*inputs, h0) if t is not None]
+        for t in leaves:
+            t.grad = None
+        o, s = fn(*inputs, initial_state=h0, cu_seqlens=cu, output_final_state=want)
+        assert (s is None) == (not want)
+        (o * w).sum().backward()
+        results.append((o.detach(), [t.grad.clone() for t in leaves]))
+    (o1, g1), (o2, g2) = results
+    assert torch.equal(o1, o2) and len(g1) == len(g2) == 5 + (h0 is not None)
+    for name, a, b in zip(("dq", "dk", "dv", "dg_pre", "dtau_pre", "dh0"), g1, g2, strict=False):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), name
+
+
 def test_bf16_inputs_keep_float32_state_and_gates():
     inputs, h0 = make_inputs(2, 50, 1, 8, 16, dtype=torch.bfloat16, seed=7)
     o, s = ddts_chunk(*inputs, initial_state=h0.float(), chunk_size=16)

@@ -146,6 +146,33 @@ def test_one_output_used(used, split, monkeypatch):
         _close(name, x.grad, expected, rel=TOL[torch.float32])
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["fused", "split"])
+@pytest.mark.parametrize("packed", [False, True], ids=["batch", "packed"])
+def test_no_final_state(split, packed, monkeypatch):
+    """output_final_state=False returns None for the state (the kernels skip storing it) and the same
+    output and gradients as a call that keeps it."""
+    if split:
+        _use_split_forms(monkeypatch, 16, 2, True, BK=16)
+    cu = torch.tensor([0, 40, 40, 90]).to(DEV) if packed else None
+    xs, h0 = _inputs(1 if packed else 2, 90, 1, 16, 24, torch.float32, 2)
+    h0 = None if packed else h0
+    w = torch.randn(xs[2].shape, generator=torch.Generator().manual_seed(4)).to(DEV)
+    results = []
+    for want in (True, False):
+        leaves = [t for t in (*xs, h0) if t is not None]
+        for t in leaves:
+            t.grad = None
+        o, hT = ddts_triton(*xs, initial_state=h0, cu_seqlens=cu, chunk_size=32, output_final_state=want)
+        assert (hT is None) == (not want)
+        (o * w).sum().backward()
+        results.append((o.detach(), [t.grad.clone() for t in leaves]))
+    (o1, g1), (o2, g2) = results
+    _close("o", o2, o1, rel=1e-6)
+    assert len(g1) == len(g2) == 5 + (h0 is not None)
+    for name, a, b in zip(("dq", "dk", "dv", "dg_pre", "dtau_pre", "dh0"), g1, g2, strict=False):
+        _close(name, b, a, rel=1e-6)
+
+
 def test_segment_table():
     """Segments tile each document in order, at most `segment` chunks each, and mark both ends."""
     from rodimus.ops.triton import ddts as tri

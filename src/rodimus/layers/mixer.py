@@ -122,14 +122,16 @@ class RodimusInnerMixer(nn.Module):
         # x's other consumer, the input gate, reads it through the conv: its gradient is added inside the
         # conv's backward kernel instead of by autograd in a separate pass over [rows, d_inner]
         xc, conv_final, x = self.short_conv(x, backend=backend, initial_state=conv_state, cu_seqlens=cu_seqlens,
-                                            pass_input=True)
+                                            output_final_state=cache is not None, pass_input=True)
         if rebuild is not None:
             rebuild.register(xc, self._conv_rebuild(x, backend, conv_state, cu_seqlens))
         n = self.mem_size
         q, k, g_pre, tau_pre, xc = self._projections(xc)
         q, k, g_pre, tau_pre = (t.reshape(B, T, 1, n) for t in (q, k, g_pre, tau_pre))
         u = self._input_gate(x, backend)
-        kwargs = dict(scale=n**-0.5, eps=self.eps, initial_state=rec_state, cu_seqlens=cu_seqlens)
+        # without a cache nothing reads the final state: the fused kernels then neither store nor keep it
+        kwargs = dict(scale=n**-0.5, eps=self.eps, initial_state=rec_state, cu_seqlens=cu_seqlens,
+                      output_final_state=cache is not None)
         if backend == "naive":
             op = get_op("ddts", "naive")
         elif T == 1 and backend != "triton":

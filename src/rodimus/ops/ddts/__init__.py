@@ -1,7 +1,7 @@
 """Data-dependent tempered selection (DDTS): the Rodimus recurrence.
 
 Every form takes the same arguments (raw gate pre-activations and un-normalised keys) and
-returns ``(o, final_state)``:
+returns ``(o, final_state)`` (``final_state`` None with ``output_final_state=False``):
 
 * :func:`ddts_naive`: a loop over time written like the paper, the definition of correct.
 * :func:`ddts_chunk`: chunkwise-parallel form for training and prefill (memory O(T x chunk)).

@@ -27,7 +27,8 @@ def ddts_chunk(
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    output_final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunked DDTS; same arguments and results as :func:`rodimus.ops.ddts.ddts_naive`.
 
     ``chunk_size`` None: 32, this form's fastest on CPU (fwd+bwd 2.7x faster than 64 at T 1024, V 1024).
@@ -96,6 +97,8 @@ def ddts_chunk(
     o = o + q_decayed @ torch.stack(states, dim=2)
 
     o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
+    if not output_final_state:
+        return o.to(v.dtype), None
     if cu_seqlens is None:
         return o.to(v.dtype), state
     return o.to(v.dtype), _document_end_states(cu_seqlens, b, kc, vc, states, doc, prev_doc, C)

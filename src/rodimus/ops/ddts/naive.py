@@ -19,7 +19,8 @@ def ddts_naive(
     eps: float = 1e-12,
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    output_final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """DDTS recurrence, looping over time.
 
     Args:
@@ -30,9 +31,12 @@ def ddts_naive(
         initial_state: [N, H, K, V] or None (zeros).
         cu_seqlens: [N + 1] document offsets of a packed batch (B must be 1); the state restarts
             from zeros at every document start (no initial_state then).
+        output_final_state: False returns None for the final state (training: nothing reads it, and
+            the fused forms then neither store it nor keep it for backward).
 
     Returns:
-        o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] float32 (float64 for float64 inputs).
+        o: [B, T, H, V] in v's dtype; final_state: [N, H, K, V] float32 (float64 for float64 inputs),
+        or None.
     """
     n_seq = check_ddts_inputs(q, k, v, g_pre, tau_pre, initial_state, cu_seqlens)
     B, T, H, K = q.shape
@@ -64,4 +68,4 @@ def ddts_naive(
             # o_t = q_t S_t / sqrt(n)
             o[b, t] = (q[b, t].to(acc)[..., None] * S).sum(-2) * scale
         finals.append(S)
-    return o.to(v.dtype), torch.stack(finals)
+    return o.to(v.dtype), torch.stack(finals) if output_final_state else None

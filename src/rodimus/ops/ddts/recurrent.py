@@ -18,7 +18,8 @@ def ddts_recurrent(
     eps: float = 1e-12,
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    output_final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Recurrent DDTS; same arguments and results as :func:`rodimus.ops.ddts.ddts_naive`.
 
     Used for decoding (T = 1 per call, the state carried in the cache); gates are computed for all
@@ -41,9 +42,9 @@ def ddts_recurrent(
             o_i, s_i = _scan(qf[:, sl], kb[:, sl], vf[:, sl], alpha[:, sl], None, H, K, V)
             outs.append(o_i)
             finals.append(s_i)
-        return torch.cat(outs, 1).to(v.dtype), torch.cat(finals, 0)
+        return torch.cat(outs, 1).to(v.dtype), torch.cat(finals, 0) if output_final_state else None
     o, state = _scan(qf, kb, vf, alpha, initial_state, H, K, V)
-    return o.to(v.dtype), state
+    return o.to(v.dtype), state if output_final_state else None
 
 
 def _scan(q, kb, v, alpha, state, H, K, V):

@@ -234,7 +234,7 @@ def _same_row_stride(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
 
 class _DDTSFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, gp, tp, h0, cu_seqlens, scale, eps, C):
+    def forward(ctx, q, k, v, gp, tp, h0, cu_seqlens, scale, eps, C, want_final):
         B, T, H, K = q.shape
         V = v.shape[-1]
         q, k = _same_row_stride(head_rows_view(q), head_rows_view(k))
@@ -244,7 +244,8 @@ class _DDTSFunction(torch.autograd.Function):
         n_seq = seqs[0].numel() - 1
         qe, ke, dec, A = _prep(q, k, gp, tp, seqs, scale, eps, C)
         o = torch.empty_like(v)
-        hT = torch.zeros(n_seq, H, K, V, device=q.device, dtype=torch.float32)
+        # every walk program writes its block of the final state (zeros for an empty document)
+        hT = torch.empty(n_seq, H, K, V, device=q.device, dtype=torch.float32) if want_final else None
         h0c = h0.contiguous() if h0 is not None else None
         cfg = LAUNCH["fwd"]
         lowp = v.dtype in _LOWP
@@ -270,16 +271,16 @@ class _DDTSFunction(torch.autograd.Function):
             del hbuf
         else:
             kern._fwd[(cdiv(V, BV), n_seq * H)](
-                v, o, qe, ke, dec, A, h0c if h0c is not None else hT, hT, seqs[0], seqs[3], V,
-                H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0c is not None, LOWP=lowp,
+                v, o, qe, ke, dec, A, h0c if h0c is not None else o, hT if want_final else o, seqs[0], seqs[3], V,
+                H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0c is not None, STORE_FINAL=want_final, LOWP=lowp,
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
             )  # fmt: skip
         # the K-sized products are kept, not recomputed: ~0.75 KiB per token against a second _prep launch
         ctx.save_for_backward(q, k, v, gp, tp, h0c, qe, ke, dec, A, *seqs[:4], saved_states, hT)
         ctx.meta = (B, T, scale, eps, C, seqs[4:])
         ctx.segs = segs  # index tensors, no autograd history
-        # an unused final state (training) gets no gradient: autograd would otherwise hand backward a
-        # zero [n_seq, H, K, V] float32 tensor (n_seq: cuda_graph_max_docs under graphs) to walk and reduce
+        # an unused final state gets no gradient: autograd would otherwise hand backward a zero
+        # [n_seq, H, K, V] float32 tensor (n_seq: cuda_graph_max_docs under graphs) to walk and reduce
         ctx.set_materialize_grads(False)
         return o.view(B, T, H, V), hT
 
@@ -389,6 +390,7 @@ class _DDTSFunction(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -404,8 +406,12 @@ def ddts_triton(
     initial_state: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    output_final_state: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Fused chunked DDTS (Triton); arguments and results as :func:`rodimus.ops.ddts.ddts_chunk`.
+
+    ``output_final_state=False`` (training) neither stores the final state nor keeps it for backward:
+    [N, H, K, V] float32 per layer, N being ``cuda_graph_max_docs`` under CUDA graphs.
 
     ``chunk_size`` is rounded up to a power of two in [16, 128] for the kernel's tiles; None takes
     ``DEFAULT_CHUNK`` (64: fwd+bwd 2.26 ms vs 3.29 at 32 on the H200, B8 T2048 V4096). Float64
@@ -427,6 +433,7 @@ def ddts_triton(
             initial_state=initial_state,
             cu_seqlens=cu_seqlens,
             chunk_size=chunk_size,
+            output_final_state=output_final_state,
         )
     K = q.shape[-1]
     scale = K**-0.5 if scale is None else float(scale)
@@ -439,10 +446,11 @@ def ddts_triton(
             if initial_state is not None
             else q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32)
         )
-        return ddts_decode_(q, k, v, g_pre, tau_pre, state, scale=scale, eps=eps), state
+        o = ddts_decode_(q, k, v, g_pre, tau_pre, state, scale=scale, eps=eps)
+        return o, state if output_final_state else None
     return _DDTSFunction.apply(
         q, k, v, g_pre, tau_pre, initial_state, cu_seqlens, scale, float(eps),
-        _kernel_chunk(DEFAULT_CHUNK if chunk_size is None else chunk_size),
+        _kernel_chunk(DEFAULT_CHUNK if chunk_size is None else chunk_size), bool(output_final_state),
     )
 
 

@@ -259,6 +259,7 @@ def _fwd(
     BK: tl.constexpr,
     BV: tl.constexpr,
     HAS_INIT: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
     LOWP: tl.constexpr,
 ):
     h, bos, eos, c0, nch, kk, vv, km, vm, smask, s_ptr, S = _walk_start(
@@ -272,7 +273,8 @@ def _fwd(
         d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
         v_c = _chunk_out(v, o, qe, A, S, h, rows, rm, kk, km, vv, vm, V, H, K, C, LOWP)
         S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
-    tl.store(hT + s_ptr, S, mask=smask)
+    if STORE_FINAL:
+        tl.store(hT + s_ptr, S, mask=smask)
 
 
 @triton.jit
