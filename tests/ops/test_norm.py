@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rodimus.ops.norm import gated_rms_norm, rms_norm
+from rodimus.ops.norm import gated_rms_norm, gated_rms_norm_backward, rms_norm
 from tests.helpers import assert_close
 
 pytest.importorskip("triton", reason="the triton extra is not installed (pip install -e .[triton])")
 
-from rodimus.ops.triton import gated_rms_norm_triton, rms_norm_triton  # noqa: E402
+from rodimus.ops.triton import gated_rms_norm_backward_triton, gated_rms_norm_triton, rms_norm_triton  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
@@ -47,6 +47,30 @@ def test_forward_and_every_gradient(shape, skip, dtype):
         if x is not None and x.numel():
             assert x.grad.dtype == x.dtype
             assert_close(name, x.grad.cpu(), xr.grad, rel=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "shape,gate,skip",
+    [((2, 5, 40), True, True), ((1, 3, 64), True, False), ((7, 130), False, False), ((0, 16), True, True)],
+)
+def test_backward_with_output(shape, gate, skip, dtype):
+    """The fused backward's y and gradients (no forward pass before it) == the float64 reference's."""
+    o, g, w, x, d = _inputs(shape, dtype, skip)
+    g = g if gate else None
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = gated_rms_norm_backward_triton(o, g, w, 1e-5, x, d, dy.to(DEV, dtype))
+    ref = [t.detach().cpu().double() if t is not None else None for t in (o, g, w, x, d)]
+    expected = gated_rms_norm_backward(*ref[:3], 1e-5, *ref[3:], dy)
+    y_ref = gated_rms_norm(*ref[:3], 1e-5, skip_x=ref[3], skip_weight=ref[4])
+    assert torch.equal(expected[0], y_ref)  # the reference's y is the forward's
+    names = ("y", "do", "dgate", "dweight", "dskip_x", "dskip_weight")
+    for name, t, a, b in zip(names, (o, o, g, w, x, d), got, expected, strict=True):
+        assert (a is None) == (t is None) == (b is None), name
+        if a is not None:
+            assert a.dtype == t.dtype and a.shape == t.shape, name
+            if a.numel():
+                assert_close(name, a.cpu(), b, rel=TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

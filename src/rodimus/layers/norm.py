@@ -55,11 +55,15 @@ class GatedRMSNorm(RMSNorm):
         skip_x: torch.Tensor | None = None,
         skip_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """proj(self(x, gate, skip_x, skip_weight)); in training the normalised tensor is recomputed in
-        backward (one cheap row-wise pass) instead of being kept for the projection's weight gradient."""
-        op, eps = get_op("gated_norm", resolve_backend(self.kernel_backend, x.device.type)), self.eps
+        """proj(self(x, gate, skip_x, skip_weight)); in training the normalised tensor is not kept for the
+        projection's weight gradient: the norm's backward kernel remakes it while forming its gradients."""
+        backend, eps = resolve_backend(self.kernel_backend, x.device.type), self.eps
+        op, op_bwd = get_op("gated_norm", backend), get_op("gated_norm_backward", backend)
 
         def norm(x, gate, w, skip_x, skip_w):
             return op(x, gate, w, eps, skip_x=skip_x, skip_weight=skip_w)
 
-        return project_recomputed(norm, proj, x, gate, self.weight, skip_x, skip_weight)
+        def norm_backward(x, gate, w, skip_x, skip_w, dy):
+            return op_bwd(x, gate, w, eps, skip_x, skip_w, dy)
+
+        return project_recomputed(norm, proj, x, gate, self.weight, skip_x, skip_weight, backward=norm_backward)

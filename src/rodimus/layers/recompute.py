@@ -19,11 +19,20 @@ from rodimus.ops.dispatch import get_op
 from rodimus.ops.matmul import mm_into
 
 
-def project_recomputed(fn: Callable[..., torch.Tensor], proj: nn.Linear, *inputs: torch.Tensor | None) -> torch.Tensor:
-    """``proj(fn(*inputs))``; in training ``fn``'s output is recomputed in backward instead of kept."""
+def project_recomputed(
+    fn: Callable[..., torch.Tensor],
+    proj: nn.Linear,
+    *inputs: torch.Tensor | None,
+    backward: Callable[..., tuple[torch.Tensor | None, ...]] | None = None,
+) -> torch.Tensor:
+    """``proj(fn(*inputs))``; in training ``fn``'s output is recomputed in backward instead of kept.
+
+    ``backward(*inputs, dy)``, if given, returns ``(fn(*inputs), *input_gradients)`` in one go (a fused
+    kernel makes y while it forms the gradients, instead of a forward pass before them).
+    """
     if proj.bias is not None or not (torch.is_grad_enabled() and any(_needs_grad(t) for t in inputs)):
         return proj(fn(*inputs))
-    return _RecomputeThenProject.apply(fn, proj.weight, *inputs)
+    return _RecomputeThenProject.apply(fn, backward, proj.weight, *inputs)
 
 
 def _needs_grad(t: torch.Tensor | None) -> bool:
@@ -32,32 +41,42 @@ def _needs_grad(t: torch.Tensor | None) -> bool:
 
 class _RecomputeThenProject(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, fn, proj_w, *inputs):
+    def forward(ctx, fn, fused_backward, proj_w, *inputs):
         dev = proj_w.device.type
         dtype = run_dtype(proj_w, proj_w)
         with torch.no_grad(), torch.autocast(dev, enabled=False):
-            out = F.linear(fn(*inputs).to(dtype), proj_w.to(dtype))
+            y = fn(*inputs)
+            out = F.linear(y.to(dtype), proj_w.to(dtype))
         ctx.save_for_backward(proj_w, *inputs)  # the parameter itself: its cast would be one more copy kept
-        ctx.fn, ctx.dtype = fn, dtype
+        ctx.fn, ctx.fused_backward, ctx.dtype, ctx.y_meta = fn, fused_backward, dtype, (y.shape, y.dtype)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         proj_w, *ins = ctx.saved_tensors
-        ins = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in ins]
         dtype = ctx.dtype
-        wd = proj_w.to(dtype)
-        with torch.enable_grad(), torch.autocast(proj_w.device.type, enabled=False):
-            y = ctx.fn(*ins)
         d = dout.to(dtype).reshape(-1, dout.shape[-1])
+        y_shape, y_dtype = ctx.y_meta
+        dy = (d @ proj_w.to(dtype)).view(y_shape).to(y_dtype)
+        with torch.autocast(proj_w.device.type, enabled=False):
+            if ctx.fused_backward is not None:
+                y, *grads = ctx.fused_backward(*ins, dy)
+                grads = [g if _needs_grad(t) else None for g, t in zip(grads, ins, strict=True)]
+            else:
+                y, grads = _recompute_and_differentiate(ctx.fn, ins, dy)
         d_proj = None
         if proj_w.requires_grad:
-            y2 = y.detach().to(dtype).reshape(-1, y.shape[-1])
-            d_proj = mm_into(torch.empty_like(proj_w), d.t(), y2)
-        dy = (d @ wd).view(y.shape).to(y.dtype)
-        wanted = [t for t in ins if _needs_grad(t)]
-        got = iter(torch.autograd.grad(y, wanted, dy) if wanted else ())
-        return (None, d_proj, *[next(got) if _needs_grad(t) else None for t in ins])
+            d_proj = mm_into(torch.empty_like(proj_w), d.t(), y.detach().to(dtype).reshape(-1, y.shape[-1]))
+        return (None, None, d_proj, *grads)
+
+
+def _recompute_and_differentiate(fn, ins, dy):
+    ins = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in ins]
+    with torch.enable_grad():
+        y = fn(*ins)
+    wanted = [t for t in ins if _needs_grad(t)]
+    got = iter(torch.autograd.grad(y, wanted, dy) if wanted else ())
+    return y, [next(got) if _needs_grad(t) else None for t in ins]
 
 
 class _Rebuilt:

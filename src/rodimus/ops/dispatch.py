@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from rodimus.ops.ddts import ddts_chunk, ddts_naive, ddts_recurrent
 from rodimus.ops.gating import gate_mul, gate_mul_backward
-from rodimus.ops.norm import gated_rms_norm, rms_norm, rms_norm_pass
+from rodimus.ops.norm import gated_rms_norm, gated_rms_norm_backward, rms_norm, rms_norm_pass
 from rodimus.ops.rotary import rotary
 from rodimus.ops.short_conv import short_conv, short_conv_naive
 from rodimus.ops.softmax_xent import softmax_xent_grad_
@@ -25,6 +25,7 @@ REGISTRY: dict[str, dict[str, Callable]] = {
     "ddts": {"naive": ddts_naive, "torch": ddts_chunk, "recurrent": ddts_recurrent},
     "short_conv": {"naive": short_conv_naive, "torch": short_conv},
     "gated_norm": {"naive": gated_rms_norm, "torch": gated_rms_norm},
+    "gated_norm_backward": {"naive": gated_rms_norm_backward, "torch": gated_rms_norm_backward},
     "rms_norm": {"naive": rms_norm, "torch": rms_norm},
     "rms_norm_pass": {"naive": rms_norm_pass, "torch": rms_norm_pass},
     "gate_mul": {"naive": gate_mul, "torch": gate_mul},

@@ -70,3 +70,27 @@ def gated_rms_norm(
     z = m * F.silu(gate.to(acc)) if gate is not None else m
     y = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + eps)
     return (y * weight.to(acc)).to(o.dtype)
+
+
+def gated_rms_norm_backward(
+    o: torch.Tensor,
+    gate: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    skip_x: torch.Tensor | None,
+    skip_weight: torch.Tensor | None,
+    dy: torch.Tensor,
+) -> tuple[torch.Tensor | None, ...]:
+    """(y, do, dgate, dweight, dskip_x, dskip_weight): :func:`gated_rms_norm`'s output with its gradients
+    for ``dy`` (None for an absent input).
+
+    For callers that did not keep y and need it again in backward (a projection's weight gradient, see
+    :func:`rodimus.layers.recompute.project_recomputed`): a fused form makes y and the gradients in one
+    pass instead of re-running the forward first.
+    """
+    ins = [t.detach().requires_grad_() if t is not None else None for t in (o, gate, weight, skip_x, skip_weight)]
+    with torch.enable_grad():
+        y = gated_rms_norm(ins[0], ins[1], ins[2], eps, skip_x=ins[3], skip_weight=ins[4])
+    present = [t for t in ins if t is not None]
+    grads = iter(torch.autograd.grad(y, present, dy.to(y.dtype)))
+    return (y.detach(), *[next(grads) if t is not None else None for t in ins])

@@ -8,7 +8,12 @@ from rodimus.ops.triton import _common  # noqa: F401  (sets TRITON_INTERPRET bef
 from rodimus.ops.triton.cross_entropy import softmax_xent_grad_triton_
 from rodimus.ops.triton.ddts import ddts_decode_, ddts_triton
 from rodimus.ops.triton.gating import gate_mul_backward_triton, gate_mul_triton
-from rodimus.ops.triton.norm import gated_rms_norm_triton, rms_norm_pass_triton, rms_norm_triton
+from rodimus.ops.triton.norm import (
+    gated_rms_norm_backward_triton,
+    gated_rms_norm_triton,
+    rms_norm_pass_triton,
+    rms_norm_triton,
+)
 from rodimus.ops.triton.rotary import rotary_triton
 from rodimus.ops.triton.short_conv import short_conv_triton
 from rodimus.ops.triton.swska import swska_triton
@@ -18,6 +23,7 @@ __all__ = [
     "ddts_triton",
     "gate_mul_backward_triton",
     "gate_mul_triton",
+    "gated_rms_norm_backward_triton",
     "gated_rms_norm_triton",
     "rms_norm_pass_triton",
     "rms_norm_triton",
@@ -35,6 +41,7 @@ def _register() -> None:
     REGISTRY["swska"]["triton"] = swska_triton
     REGISTRY["short_conv"]["triton"] = short_conv_triton
     REGISTRY["gated_norm"]["triton"] = gated_rms_norm_triton
+    REGISTRY["gated_norm_backward"]["triton"] = gated_rms_norm_backward_triton
     REGISTRY["rms_norm"]["triton"] = rms_norm_triton
     REGISTRY["rms_norm_pass"]["triton"] = rms_norm_pass_triton
     REGISTRY["gate_mul"]["triton"] = gate_mul_triton

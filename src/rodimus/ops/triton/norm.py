@@ -13,7 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
-from rodimus.ops.norm import check_gated_norm_inputs, gated_rms_norm, rms_norm, rms_norm_pass
+from rodimus.ops.norm import (
+    check_gated_norm_inputs,
+    gated_rms_norm,
+    gated_rms_norm_backward,
+    rms_norm,
+    rms_norm_pass,
+)
 from rodimus.ops.triton._common import INTERPRET, cdiv, column_sum, sigmoid
 from rodimus.ops.triton._common import rows_view as _rows
 
@@ -44,11 +50,13 @@ def _fwd(
 
 @triton.jit
 def _bwd(
-    O, X, G, W, S, RSTD, DY, DR, DO, DX, DG, DWP, DSP, N, D, so, sx, sg, ROWS,
-    HAS_SKIP: tl.constexpr, HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, BD: tl.constexpr,
+    O, X, G, W, S, RSTD, DY, DR, DO, DX, DG, DWP, DSP, Y, N, D, so, sx, sg, ROWS, eps,
+    HAS_SKIP: tl.constexpr, HAS_GATE: tl.constexpr, HAS_RES: tl.constexpr, STORE_Y: tl.constexpr,
+    BD: tl.constexpr,
 ):
     # one program walks ROWS consecutive rows and keeps its weight/skip gradient partial sums in registers;
-    # HAS_RES: DR (o's gradient through the pass-through output, the residual stream's) is added to do
+    # HAS_RES: DR (o's gradient through the pass-through output, the residual stream's) is added to do;
+    # STORE_Y: no forward ran (its output was not kept): rstd is recomputed here and y is written too
     pid = tl.program_id(0)
     cols = tl.arange(0, BD)
     msk = cols < D
@@ -71,8 +79,14 @@ def _bwd(
                 g = tl.load(G + row * sg + cols, mask=msk, other=0.0).to(tl.float32)
                 sgm = sigmoid(g)
                 a = g * sgm
-            rstd = tl.load(RSTD + row)
+            if STORE_Y:
+                z = m * a
+                rstd = 1.0 / tl.sqrt(tl.sum(z * z, axis=0) / D + eps)
+            else:
+                rstd = tl.load(RSTD + row)
             zhat = m * a * rstd
+            if STORE_Y:
+                tl.store(Y + off, (zhat * w).to(Y.dtype.element_ty), mask=msk)
             dy = tl.load(DY + off, mask=msk, other=0.0).to(tl.float32)
             dzhat = dy * w
             dw += dy * zhat
@@ -124,30 +138,37 @@ class _GatedNorm(torch.autograd.Function):
     def backward(ctx, dy, do_pass=None):
         o2, x2, g2, weight, s, rstd = ctx.saved_tensors
         shape, has_skip, has_gate = ctx.meta
-        N, D = o2.shape
-        dy = dy.reshape(N, D).contiguous()
-        has_res = do_pass is not None
-        dr = do_pass.reshape(N, D).contiguous() if has_res else dy
-        do = torch.empty(N, D, device=o2.device, dtype=o2.dtype)
-        dg = torch.empty(N, D, device=o2.device, dtype=g2.dtype) if has_gate else do
-        dx = torch.empty(N, D, device=o2.device, dtype=x2.dtype) if has_skip else do
-        n_prog = max(1, min(N, 4 * _sm_count(o2.device)))
-        rows = cdiv(N, n_prog) if N else 1
-        n_prog = cdiv(N, rows) if N else 1
-        part = torch.empty if N else torch.zeros  # every launched program writes its whole partial row
-        dwp = part(n_prog, D, device=o2.device, dtype=torch.float32)
-        dsp = part(n_prog, D, device=o2.device, dtype=torch.float32) if has_skip else dwp
-        BD, warps = _launch_cfg(D)
-        if N:
-            _bwd[(n_prog,)](
-                o2, x2, g2, weight, s, rstd, dy, dr, do, dx, dg, dwp, dsp, N, D,
-                o2.stride(0), x2.stride(0), g2.stride(0), rows,
-                HAS_SKIP=has_skip, HAS_GATE=has_gate, HAS_RES=has_res, BD=BD, num_warps=warps,
-            )
-        dw = column_sum(dwp, weight.dtype)
-        ds = column_sum(dsp, s.dtype) if has_skip else None
+        do, dg, dw, dx, ds, _ = _backward(o2, x2, g2, weight, s, rstd, dy, do_pass, has_skip, has_gate, 0.0, None)
         dg = dg.view(shape) if has_gate else None
         return do.view(shape), dg, dw, None, dx.view(shape) if has_skip else None, ds, None, None
+
+
+def _backward(o2, x2, g2, weight, s, rstd, dy, do_pass, has_skip, has_gate, eps, y_dtype):
+    """Launch the backward kernel; ``rstd`` None: recompute it and also return y, in ``y_dtype``."""
+    N, D = o2.shape
+    dy = dy.reshape(N, D).contiguous()
+    has_res, store_y = do_pass is not None, rstd is None
+    dr = do_pass.reshape(N, D).contiguous() if has_res else dy
+    do = torch.empty(N, D, device=o2.device, dtype=o2.dtype)
+    dg = torch.empty(N, D, device=o2.device, dtype=g2.dtype) if has_gate else do
+    dx = torch.empty(N, D, device=o2.device, dtype=x2.dtype) if has_skip else do
+    y = torch.empty(N, D, device=o2.device, dtype=y_dtype) if store_y else do
+    n_prog = max(1, min(N, 4 * _sm_count(o2.device)))
+    rows = cdiv(N, n_prog) if N else 1
+    n_prog = cdiv(N, rows) if N else 1
+    part = torch.empty if N else torch.zeros  # every launched program writes its whole partial row
+    dwp = part(n_prog, D, device=o2.device, dtype=torch.float32)
+    dsp = part(n_prog, D, device=o2.device, dtype=torch.float32) if has_skip else dwp
+    BD, warps = _launch_cfg(D)
+    if N:
+        _bwd[(n_prog,)](
+            o2, x2, g2, weight, s, rstd if rstd is not None else dwp, dy, dr, do, dx, dg, dwp, dsp, y, N, D,
+            o2.stride(0), x2.stride(0), g2.stride(0), rows, eps,
+            HAS_SKIP=has_skip, HAS_GATE=has_gate, HAS_RES=has_res, STORE_Y=store_y, BD=BD, num_warps=warps,
+        )  # fmt: skip
+    dw = column_sum(dwp, weight.dtype)
+    ds = column_sum(dsp, s.dtype) if has_skip else None
+    return do, dg, dw, dx, ds, (y if store_y else None)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -169,6 +190,38 @@ def gated_rms_norm_triton(
     if _torch_form(o):
         return gated_rms_norm(o, gate, weight, eps, skip_x, skip_weight)
     return _GatedNorm.apply(o, gate, weight, float(eps), skip_x, skip_weight)
+
+
+def gated_rms_norm_backward_triton(
+    o: torch.Tensor,
+    gate: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    skip_x: torch.Tensor | None,
+    skip_weight: torch.Tensor | None,
+    dy: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Fused :func:`rodimus.ops.norm.gated_rms_norm_backward`: one kernel pass reads o, gate, skip_x and
+    dy once and writes y and the input gradients (the unfused recompute reads the inputs twice)."""
+    check_gated_norm_inputs(o, gate, weight, skip_x, skip_weight)
+    if _torch_form(o):
+        return gated_rms_norm_backward(o, gate, weight, eps, skip_x, skip_weight, dy)
+    if dy.shape != o.shape:
+        raise ValueError(f"dy must have o's shape {tuple(o.shape)}, got {tuple(dy.shape)}")
+    shape, has_skip, has_gate = o.shape, skip_x is not None, gate is not None
+    o2 = _rows(o)
+    g2 = _rows(gate) if has_gate else o2
+    x2 = _rows(skip_x) if has_skip else o2
+    s = skip_weight.contiguous() if has_skip else weight
+    do, dg, dw, dx, ds, y = _backward(o2, x2, g2, weight, s, None, dy, None, has_skip, has_gate, float(eps), o.dtype)
+    return (
+        y.view(shape),
+        do.view(shape),
+        dg.view(shape) if has_gate else None,
+        dw,
+        dx.view(shape) if has_skip else None,
+        ds,
+    )
 
 
 def rms_norm_triton(
