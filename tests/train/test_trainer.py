@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rodimus.train.config import build_config, preset_config
-from rodimus.train.optim import lr_multiplier, param_groups
+from rodimus.train.optim import clip_grad_norm, lr_multiplier, param_groups
 from rodimus.train.trainer import Trainer
 
 from .conftest import read_metrics, tiny_fields
@@ -76,6 +76,32 @@ def test_no_weight_decay_on_bias_norm_residual_embedding():
     assert all(p.ndim >= 2 for p in decay["params"])
     assert not any("norm" in n or n.endswith("bias") or "embeddings" in n for n in d)
     assert "lm_head.weight" in d and len(d) + len(nd) == len(names)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adamw", "adamw"])
+@pytest.mark.parametrize("max_norm", [1.0, 1e6], ids=["clipped", "unclipped"])
+def test_clip_grad_norm_equals_torch_clip_then_step(fused, max_norm):
+    """Clipping folded into the fused AdamW's kernel (grad_scale) steps as clip_grad_norm_ + step does."""
+    torch.manual_seed(0)
+    params = [[torch.nn.Parameter(torch.randn(*s, dtype=torch.float64)) for s in ((7, 5), (5,), (3, 4, 2))]]
+    params.append([torch.nn.Parameter(p.detach().clone()) for p in params[0]])
+    opts = [torch.optim.AdamW(ps, lr=0.1, weight_decay=0.1, fused=fused) for ps in params]
+    for _ in range(3):
+        grads = [torch.randn_like(p) * 10 for p in params[0]]
+        norms = []
+        for ps in params:
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = g.clone()
+        norms.append(torch.nn.utils.clip_grad_norm_(params[0], max_norm))
+        opts[0].step()
+        norms.append(clip_grad_norm(opts[1], params[1], max_norm))
+        assert hasattr(opts[1], "grad_scale") == fused
+        opts[1].step()
+        torch.testing.assert_close(norms[1], norms[0], rtol=1e-12, atol=0)
+        for a, b in zip(*params, strict=True):  # the fused kernel's scale is float32: its rounding, 6e-8
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-8)
+            # the clipped gradients themselves (AdamW alone would hide a wrong factor: it is scale-invariant)
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-6, atol=0)
 
 
 def test_schedule_and_config_validation(tmp_path):

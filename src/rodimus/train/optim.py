@@ -1,4 +1,4 @@
-"""AdamW parameter groups and the warmup + cosine learning-rate schedule."""
+"""AdamW parameter groups, gradient clipping, and the warmup + cosine learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -51,3 +51,22 @@ def build_optimizer(model: nn.Module, cfg) -> tuple[torch.optim.Optimizer, torch
         opt, lambda s: lr_multiplier(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
     )
     return opt, sched
+
+
+def clip_grad_norm(optim: torch.optim.Optimizer, params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Scale the gradients to a global L2 norm of at most ``max_norm`` before ``optim.step()``; returns the
+    norm before clipping (as ``torch.nn.utils.clip_grad_norm_``).
+
+    A fused AdamW over plain tensors divides its gradients by ``optim.grad_scale`` inside its kernel (the
+    hook ``GradScaler`` unscales through): the clip factor goes there, which saves a read and a write of
+    every gradient (~2.7 GB per step at 340M parameters in float32).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    fused = isinstance(optim, torch.optim.AdamW) and all(g.get("fused") for g in optim.param_groups)
+    plain = bool(grads) and all(type(g) is torch.Tensor and g.device == grads[0].device for g in grads)
+    if not (fused and plain):
+        optim.__dict__.pop("grad_scale", None)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    total = torch.nn.utils.get_total_norm(grads, foreach=True)
+    optim.grad_scale = torch.clamp((total.float() + 1e-6) / max_norm, min=1.0)  # 1/clip_grad_norm_'s factor
+    return total

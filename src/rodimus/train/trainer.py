@@ -23,7 +23,7 @@ from rodimus.train import distributed as D
 from rodimus.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rodimus.train.config import TrainConfig, to_dict
 from rodimus.train.cuda_graphs import GraphedLoss
-from rodimus.train.optim import build_optimizer
+from rodimus.train.optim import build_optimizer, clip_grad_norm
 from rodimus.train.report import MetricsLog, plot_losses, rng_restore, rng_snapshot
 
 
@@ -147,6 +147,7 @@ class Trainer:
                 )
             self.graphs = GraphedLoss(base, self._loss, bf16=self.bf16, max_docs=cfg.cuda_graph_max_docs)
         self.optim, self.sched = build_optimizer(base, cfg)
+        self.params = list(base.parameters())
         self.loader = BatchLoader(
             self.train_ds,
             micro_batch=cfg.micro_batch,
@@ -219,8 +220,9 @@ class Trainer:
                 (loss / n).backward()
             total += loss.detach() / n
         if self.cfg.grad_clip > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(self.base.parameters(), self.cfg.grad_clip)
+            gnorm = clip_grad_norm(self.optim, self.params, self.cfg.grad_clip)
         else:
+            self.optim.__dict__.pop("grad_scale", None)
             gnorm = torch.zeros(())
         self.optim.step()
         self.sched.step()
