@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from bench_train import build_trainer, synthetic_dataset
 
+from rodimus.train.optim import clip_grad_norm
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
                 mb = ph("data", tr.loader.next_step)[0]
                 loss, count = ph("forward", lambda mb=mb: tr._forward_loss(mb, graphed=graphed))
                 ph("backward", lambda loss=loss, count=count: (loss / count).backward())
-                ph("clip", lambda: torch.nn.utils.clip_grad_norm_(tr.base.parameters(), tr.cfg.grad_clip))
+                ph("clip", lambda: clip_grad_norm(tr.optim, tr.params, tr.cfg.grad_clip))
                 ph("optimizer", tr.optim.step)
                 ph("zero_grad", lambda: (tr.sched.step(), tr.optim.zero_grad(set_to_none=not graphed)))
                 sync()
