@@ -190,6 +190,36 @@ def test_norm_then_project_matches_unfused(backend, autocast):
         assert_close(name, a.float().cpu(), b.float().cpu(), rel=tol)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_ffn_project_matches_unfused(backend, autocast):
+    """The FFN's out projection of silu(g) * a (the product remade by the backward kernel, not kept) ==
+    out_proj(gate_mul(...)), values and gradients."""
+    from rodimus.layers.ffn import GatedMLP
+    from rodimus.ops.gating import gate_mul
+
+    torch.manual_seed(0)
+    ffn = GatedMLP(16, 40, kernel_backend=backend).to(DEV)
+    x = torch.randn(2, 5, 16, device=DEV, requires_grad=True)
+    ctx = torch.autocast(DEV, dtype=torch.bfloat16) if autocast else torch.autocast(DEV, enabled=False)
+    results = []
+    for fused in (True, False):
+        for t in (x, *ffn.parameters()):
+            t.grad = None
+        with ctx:
+            if fused:
+                out = ffn(x)
+            else:
+                a, g = ffn.fc(x).split([40, 40], dim=-1)
+                out = ffn.out_proj(gate_mul(g, a, "silu"))
+        out.float().square().sum().backward()
+        results.append([out.detach()] + [t.grad.clone() for t in (x, ffn.fc.weight, ffn.out_proj.weight)])
+    tol = 2e-2 if autocast else 1e-5
+    assert results[0][0].dtype == results[1][0].dtype
+    for name, a, b in zip(("out", "dx", "dfc", "dout_proj"), *results, strict=True):
+        assert_close(name, a.float().cpu(), b.float().cpu(), rel=tol)
+
+
 @pytest.mark.parametrize("activation", ["sigmoid", "silu"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gate_mul_backward(activation, dtype):
@@ -200,12 +230,17 @@ def test_gate_mul_backward(activation, dtype):
     g = torch.Generator().manual_seed(5)
     a, x, dy = (torch.randn(4, 300, generator=g, dtype=torch.float64).mul(3) for _ in "axd")
     ar, xr = a.clone().requires_grad_(), x.clone().requires_grad_()
-    gate_mul(ar, xr, activation).backward(dy)
+    y_ref = gate_mul(ar, xr, activation)
+    y_ref.backward(dy)
     for fn in (gate_mul_backward, gate_mul_backward_triton):
         da, dx = fn(*(t.to(DEV, dtype) for t in (a, x, dy)), activation)
         assert da.dtype == dx.dtype == dtype
         assert_close(f"{fn.__name__} da", da.cpu(), ar.grad, rel=TOL[dtype])
         assert_close(f"{fn.__name__} dx", dx.cpu(), xr.grad, rel=TOL[dtype])
+        # with_output: the same gradients, and the product itself from the same pass
+        da2, dx2, y = fn(*(t.to(DEV, dtype) for t in (a, x, dy)), activation, with_output=True)
+        assert torch.equal(da2, da) and torch.equal(dx2, dx) and y.dtype == dtype
+        assert_close(f"{fn.__name__} y", y.cpu(), y_ref.detach(), rel=TOL[dtype])
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

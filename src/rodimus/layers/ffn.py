@@ -26,5 +26,11 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, g = split_project(self.fc, x, [self.hidden, self.hidden])
-        gate_mul = get_op("gate_mul", resolve_backend(self.kernel_backend, x.device.type))
-        return project_recomputed(lambda g, a: gate_mul(g, a, "silu"), self.out_proj, g, a)
+        backend = resolve_backend(self.kernel_backend, x.device.type)
+        gate_mul, gate_mul_backward = get_op("gate_mul", backend), get_op("gate_mul_backward", backend)
+
+        def backward(g, a, dy):  # the product for the out projection's weight gradient, from the same pass
+            dg, da, y = gate_mul_backward(g, a, dy, "silu", with_output=True)
+            return y, dg, da
+
+        return project_recomputed(lambda g, a: gate_mul(g, a, "silu"), self.out_proj, g, a, backward=backward)

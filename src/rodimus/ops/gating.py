@@ -22,12 +22,14 @@ def gate_mul(a: torch.Tensor, x: torch.Tensor, activation: str = "sigmoid") -> t
 
 
 def gate_mul_backward(
-    a: torch.Tensor, x: torch.Tensor, dy: torch.Tensor, activation: str = "sigmoid"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d a, d x) of :func:`gate_mul` for the output gradient ``dy``, formed in float32 (or float64).
+    a: torch.Tensor, x: torch.Tensor, dy: torch.Tensor, activation: str = "sigmoid", with_output: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """(d a, d x) of :func:`gate_mul` for the output gradient ``dy``, formed in float32 (or float64);
+    ``with_output``: (d a, d x, gate_mul(a, x)).
 
     For callers that recompute ``a`` in their own backward (the mixer's low-rank input gate) and so
-    cannot let autograd differentiate gate_mul.
+    cannot let autograd differentiate gate_mul, or that need the product again and did not keep it (the
+    FFN's out projection, :func:`rodimus.layers.recompute.project_recomputed`).
     """
     check_gate_inputs(a, x, activation)
     acc = torch.promote_types(torch.promote_types(a.dtype, x.dtype), torch.float32)
@@ -37,4 +39,5 @@ def gate_mul_backward(
         f, dfa = s, s * (1 - s)
     else:
         f, dfa = af * s, s * (1 + af * (1 - s))
-    return (df * xf * dfa).to(a.dtype), (df * f).to(x.dtype)
+    grads = (df * xf * dfa).to(a.dtype), (df * f).to(x.dtype)
+    return (*grads, gate_mul(a, x, activation)) if with_output else grads

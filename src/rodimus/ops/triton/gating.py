@@ -31,7 +31,8 @@ def _fwd(A, X, Y, D, sa, sx, SILU: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _bwd(A, X, DY, DA, DX, D, sa, sx, SILU: tl.constexpr, BLOCK: tl.constexpr):
+def _bwd(A, X, DY, DA, DX, Y, D, sa, sx, SILU: tl.constexpr, STORE_Y: tl.constexpr, BLOCK: tl.constexpr):
+    # STORE_Y: also write the forward's product (for a caller that did not keep it)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = cols < D
@@ -47,6 +48,8 @@ def _bwd(A, X, DY, DA, DX, D, sa, sx, SILU: tl.constexpr, BLOCK: tl.constexpr):
         df = s * (1.0 - s)
     tl.store(DA + row * D + cols, (dy * x * df).to(DA.dtype.element_ty), mask=m)
     tl.store(DX + row * D + cols, (dy * f).to(DX.dtype.element_ty), mask=m)
+    if STORE_Y:
+        tl.store(Y + row * D + cols, (f * x).to(Y.dtype.element_ty), mask=m)
 
 
 def _grid(N: int, D: int) -> tuple[tuple[int, int], int]:
@@ -76,16 +79,22 @@ class _GateMul(torch.autograd.Function):
         return da.view(shape), dx.view(shape), None
 
 
-def _backward(a2: torch.Tensor, x2: torch.Tensor, dy: torch.Tensor, silu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(da, dx) [N, D] for row views a2, x2 and the output gradient dy."""
+def _backward(
+    a2: torch.Tensor, x2: torch.Tensor, dy: torch.Tensor, silu: bool, with_output: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """(da, dx) [N, D] for row views a2, x2 and the output gradient dy; ``with_output``: and y."""
     N, D = x2.shape
     dy = dy.reshape(N, D).contiguous()
     da = torch.empty(N, D, device=a2.device, dtype=a2.dtype)
     dx = torch.empty(N, D, device=x2.device, dtype=x2.dtype)
+    y = torch.empty(N, D, device=x2.device, dtype=torch.promote_types(a2.dtype, x2.dtype)) if with_output else dx
     grid, block = _grid(N, D)
     if dy.numel():
-        _bwd[grid](a2, x2, dy, da, dx, D, a2.stride(0), x2.stride(0), SILU=silu, BLOCK=block, num_warps=4)
-    return da, dx
+        _bwd[grid](
+            a2, x2, dy, da, dx, y, D, a2.stride(0), x2.stride(0), SILU=silu, STORE_Y=with_output, BLOCK=block,
+            num_warps=4,
+        )  # fmt: skip
+    return (da, dx, y) if with_output else (da, dx)
 
 
 def gate_mul_triton(a: torch.Tensor, x: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
@@ -97,11 +106,12 @@ def gate_mul_triton(a: torch.Tensor, x: torch.Tensor, activation: str = "sigmoid
 
 
 def gate_mul_backward_triton(
-    a: torch.Tensor, x: torch.Tensor, dy: torch.Tensor, activation: str = "sigmoid"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused :func:`rodimus.ops.gating.gate_mul_backward`; float64 goes to the torch form."""
+    a: torch.Tensor, x: torch.Tensor, dy: torch.Tensor, activation: str = "sigmoid", with_output: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Fused :func:`rodimus.ops.gating.gate_mul_backward` (``with_output``: y comes out of the same pass);
+    float64 goes to the torch form."""
     check_gate_inputs(a, x, activation)
     if torch.float64 in (a.dtype, x.dtype):
-        return gate_mul_backward(a, x, dy, activation)
-    da, dx = _backward(_rows(a), _rows(x), dy, activation == "silu")
-    return da.view(a.shape), dx.view(x.shape)
+        return gate_mul_backward(a, x, dy, activation, with_output)
+    out = _backward(_rows(a), _rows(x), dy, activation == "silu", with_output)
+    return tuple(t.view(x.shape) for t in out)
