@@ -83,7 +83,8 @@ def test_no_weight_decay_on_bias_norm_residual_embedding():
 def test_clip_grad_norm_equals_torch_clip_then_step(fused, max_norm):
     """Clipping folded into the fused AdamW's kernel (grad_scale) steps as clip_grad_norm_ + step does."""
     torch.manual_seed(0)
-    params = [[torch.nn.Parameter(torch.randn(*s, dtype=torch.float64)) for s in ((7, 5), (5,), (3, 4, 2))]]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the fused kernel the trainer runs is CUDA's
+    params = [[torch.nn.Parameter(torch.randn(*s, dtype=torch.float64, device=dev)) for s in ((7, 5), (5,), (3, 4, 2))]]
     params.append([torch.nn.Parameter(p.detach().clone()) for p in params[0]])
     opts = [torch.optim.AdamW(ps, lr=0.1, weight_decay=0.1, fused=fused) for ps in params]
     for _ in range(3):
