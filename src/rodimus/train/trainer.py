@@ -222,7 +222,6 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             gnorm = clip_grad_norm(self.optim, self.params, self.cfg.grad_clip)
         else:
-            self.optim.__dict__.pop("grad_scale", None)
             gnorm = torch.zeros(())
         self.optim.step()
         self.sched.step()

@@ -117,10 +117,7 @@ class _GatedNorm(torch.autograd.Function):
         :func:`rms_norm_pass_triton`)."""
         shape, D = o.shape, o.shape[-1]
         has_skip, has_gate = skip_x is not None, gate is not None
-        o2 = _rows(o)
-        g2 = _rows(gate) if has_gate else o2
-        x2 = _rows(skip_x) if has_skip else o2
-        s = skip_weight.contiguous() if has_skip else weight
+        o2, g2, x2, s = _row_views(o, gate, weight, skip_x, skip_weight)
         N = o2.shape[0]
         y = torch.empty(N, D, device=o.device, dtype=out_dtype or o.dtype)
         rstd = torch.empty(N, device=o.device, dtype=torch.float32)
@@ -138,13 +135,21 @@ class _GatedNorm(torch.autograd.Function):
     def backward(ctx, dy, do_pass=None):
         o2, x2, g2, weight, s, rstd = ctx.saved_tensors
         shape, has_skip, has_gate = ctx.meta
-        do, dg, dw, dx, ds, _ = _backward(o2, x2, g2, weight, s, rstd, dy, do_pass, has_skip, has_gate, 0.0, None)
-        dg = dg.view(shape) if has_gate else None
-        return do.view(shape), dg, dw, None, dx.view(shape) if has_skip else None, ds, None, None
+        _, do, dg, dw, dx, ds = _backward(o2, x2, g2, weight, s, rstd, dy, do_pass, has_skip, has_gate, 0.0, shape)
+        return do, dg, dw, None, dx, ds, None, None
 
 
-def _backward(o2, x2, g2, weight, s, rstd, dy, do_pass, has_skip, has_gate, eps, y_dtype):
-    """Launch the backward kernel; ``rstd`` None: recompute it and also return y, in ``y_dtype``."""
+def _row_views(o, gate, weight, skip_x, skip_weight):
+    """(o, gate, skip_x, skip weight) as the kernels take them; an absent one is a stand-in never read."""
+    o2 = _rows(o)
+    g2 = _rows(gate) if gate is not None else o2
+    x2 = _rows(skip_x) if skip_x is not None else o2
+    return o2, g2, x2, (skip_weight.contiguous() if skip_x is not None else weight)
+
+
+def _backward(o2, x2, g2, weight, s, rstd, dy, do_pass, has_skip, has_gate, eps, shape):
+    """Launch the backward kernel: (y, do, dgate, dweight, dskip_x, dskip_weight) in ``shape``, None for an
+    absent input; ``rstd`` None: the kernel recomputes it and also writes y (o's dtype), else y is None."""
     N, D = o2.shape
     dy = dy.reshape(N, D).contiguous()
     has_res, store_y = do_pass is not None, rstd is None
@@ -152,7 +157,7 @@ def _backward(o2, x2, g2, weight, s, rstd, dy, do_pass, has_skip, has_gate, eps,
     do = torch.empty(N, D, device=o2.device, dtype=o2.dtype)
     dg = torch.empty(N, D, device=o2.device, dtype=g2.dtype) if has_gate else do
     dx = torch.empty(N, D, device=o2.device, dtype=x2.dtype) if has_skip else do
-    y = torch.empty(N, D, device=o2.device, dtype=y_dtype) if store_y else do
+    y = torch.empty(N, D, device=o2.device, dtype=o2.dtype) if store_y else do
     n_prog = max(1, min(N, 4 * _sm_count(o2.device)))
     rows = cdiv(N, n_prog) if N else 1
     n_prog = cdiv(N, rows) if N else 1
@@ -168,7 +173,9 @@ def _backward(o2, x2, g2, weight, s, rstd, dy, do_pass, has_skip, has_gate, eps,
         )  # fmt: skip
     dw = column_sum(dwp, weight.dtype)
     ds = column_sum(dsp, s.dtype) if has_skip else None
-    return do, dg, dw, dx, ds, (y if store_y else None)
+    dg = dg.view(shape) if has_gate else None
+    dx = dx.view(shape) if has_skip else None
+    return (y.view(shape) if store_y else None), do.view(shape), dg, dw, dx, ds
 
 
 def _sm_count(device: torch.device) -> int:
@@ -208,20 +215,8 @@ def gated_rms_norm_backward_triton(
         return gated_rms_norm_backward(o, gate, weight, eps, skip_x, skip_weight, dy)
     if dy.shape != o.shape:
         raise ValueError(f"dy must have o's shape {tuple(o.shape)}, got {tuple(dy.shape)}")
-    shape, has_skip, has_gate = o.shape, skip_x is not None, gate is not None
-    o2 = _rows(o)
-    g2 = _rows(gate) if has_gate else o2
-    x2 = _rows(skip_x) if has_skip else o2
-    s = skip_weight.contiguous() if has_skip else weight
-    do, dg, dw, dx, ds, y = _backward(o2, x2, g2, weight, s, None, dy, None, has_skip, has_gate, float(eps), o.dtype)
-    return (
-        y.view(shape),
-        do.view(shape),
-        dg.view(shape) if has_gate else None,
-        dw,
-        dx.view(shape) if has_skip else None,
-        ds,
-    )
+    o2, g2, x2, s = _row_views(o, gate, weight, skip_x, skip_weight)
+    return _backward(o2, x2, g2, weight, s, None, dy, None, skip_x is not None, gate is not None, float(eps), o.shape)
 
 
 def rms_norm_triton(
