@@ -26,6 +26,7 @@ import torch
 
 RESULTS: list[dict] = []
 NO_FLA = False
+PROFILE = False  # --profile: print the kernel table of our layer's forward+backward
 FLA_CONFIGS = 4  # fla autotuners keep this many configs (--fla-configs)
 
 
@@ -299,10 +300,29 @@ def bench_layer(B, T, deadline, d_model=2048, mem_size=64):
         mem = torch.cuda.max_memory_allocated() / 2**30
         times[name] = (t_f, t_fb)
         record("layer", name, shape, t_f, fwd_bwd_ms=round(t_fb, 4), peak_GiB=round(mem, 2))
+        if PROFILE and name == "rodimus":
+            profile_table(fb, steps=3)
         layer.cpu()
     if "rodimus" in times and "fla_rodimus" in times:
         a, b = times["fla_rodimus"], times["rodimus"]
         print(f"ratio fla_layer/ours {shape}: fwd {a[0] / b[0]:.2f}x, fwd+bwd {a[1] / b[1]:.2f}x")
+
+
+def profile_table(fn, steps: int, rows: int = 40) -> None:
+    """Per-kernel GPU time of ``fn`` averaged over ``steps`` calls: where a layer's milliseconds go."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    events.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.device_time_total for e in events) / steps
+    print(f"profile: {total / 1e3:.3f} ms of kernels per call")
+    for e in events[:rows]:
+        print(f"  {e.device_time_total / steps:9.1f} us  x{e.count // steps:<3d} {e.key[:110]}")
 
 
 def bench_swska(B, T, window, bw, tflops, flex, deadline, H=16, D=128):
@@ -417,11 +437,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default="fused,layer,ddts,swska,decode", help="comma list of groups (also: sweep)")
     ap.add_argument("--sweep-v", type=int, nargs="+", default=[4096, 2048], help="value widths the sweep times")
     ap.add_argument("--json", default=None, help="write all rows to this file")
+    ap.add_argument("--profile", action="store_true", help="print the kernel table of our mixer layer")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_kernels needs a CUDA GPU")
-    global NO_FLA
+    global NO_FLA, PROFILE
     NO_FLA = args.no_fla
+    PROFILE = args.profile
     global FLA_CONFIGS
     FLA_CONFIGS = args.fla_configs
     only = set(args.only.split(","))

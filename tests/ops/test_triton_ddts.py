@@ -109,6 +109,24 @@ def test_split_walks(B, T, H, K, V, dtype, init, cu, chunk, slices, walk_bk, sav
     _check(B, T, H, K, V, dtype, init, cu, chunk)
 
 
+KEY_SLICES = [  # the backward's per-column kernel over several programs of 16 key columns (the last partial)
+    pytest.param(1, 50, 2, 40, 24, torch.float32, False, [0, 20, 20, 50], 16, id="packed3-K40-fp32"),
+    pytest.param(2, 21, 1, 40, 24, torch.float32, True, None, 16, id="B2-K40-fp32-init"),
+    pytest.param(2, 37, 1, 48, 20, torch.bfloat16, False, None, 32, id="B2-T37-K48-bf16"),
+]
+
+
+@pytest.mark.parametrize("B,T,H,K,V,dtype,init,cu,chunk", KEY_SLICES)
+def test_key_column_slices(B, T, H, K, V, dtype, init, cu, chunk, monkeypatch):
+    """Outputs and gradients are the same when ``_prep`` walks K in slices of 16 and ``_bwd_intra`` splits
+    K over programs (the key norm's backward then runs in ``_chunk_totals`` over all columns)."""
+    from rodimus.ops.triton import ddts as tri
+
+    monkeypatch.setitem(tri.LAUNCH, "intra", dict(tri.LAUNCH["intra"], BK=16))
+    monkeypatch.setitem(tri.LAUNCH, "prep", dict(tri.LAUNCH["prep"], BK=16))
+    _check(B, T, H, K, V, dtype, init, cu, chunk)
+
+
 SEGMENTED = [  # chunks per segment, forward states kept for the backward
     pytest.param(1, False, id="seg1"),
     pytest.param(3, True, id="seg3-saved"),

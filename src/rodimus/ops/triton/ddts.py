@@ -48,8 +48,15 @@ LAUNCH = {
     # per-chunk kernels. H200 2026-11-29, B8 T2048 C64: the diagonal 16x16 blocks as one [16, 16, K] tile
     # instead of a loop over columns took _prep 0.180 -> 0.141 ms (0.127 with 8 warps), _bwd_intra
     # 0.396 -> 0.210 ms (8 warps: 0.237)
-    "prep": dict(num_warps=8),
-    "intra": dict(num_warps=4),
+    # _prep: one program per 16-row sub-chunk, "BK" key columns at a time (the chunk-wide program of
+    # 8 warps held 254 registers: one program per SM). H100 2026-12-07, packed 1x16384 K64 V2048: 119 us
+    # vs 125 chunk-wide; 8 warps 151, BK 32 144
+    "prep": dict(num_warps=4, BK=16),
+    # _bwd_intra: one program per chunk and "BK" key columns (each column's gradients are independent
+    # but for the key norm, done in _chunk_totals). All 64 columns in one program spilled 1.3 KB of
+    # registers per thread on sm_90 (ptxas, 4 warps; 336 B at 8). H100 2026-12-07, same shape: 180 us vs
+    # 225 chunk-wide; 4 warps 207, BK 32 243, BK 64 237 (8 warps each)
+    "intra": dict(num_warps=8, BK=16),
 }
 
 
@@ -138,29 +145,11 @@ def _prep(q, k, gp, tp, seqs, scale, eps, C):
     A = torch.empty(TT, H, C, **f32)
     dec = torch.empty(n_chunks, H, K, **f32)
     if n_slots:
-        kern._prep[(n_slots, H)](
-            q,
-            k,
-            gp,
-            tp,
-            qe,
-            ke,
-            dec,
-            A,
-            chunk_seq,
-            chunk_idx,
-            cu,
-            coff,
-            q.stride(0),
-            gp.stride(0),
-            scale,
-            eps,
-            H=H,
-            K=K,
-            C=C,
-            BK=next_pow2(K),
-            num_warps=LAUNCH["prep"]["num_warps"],
-        )
+        NSUB = C // kern.SUB
+        kern._prep[(n_slots * NSUB, H)](
+            q, k, gp, tp, qe, ke, dec, A, chunk_seq, chunk_idx, cu, coff, q.stride(0), gp.stride(0), scale, eps,
+            H=H, K=K, C=C, BKS=min(LAUNCH["prep"]["BK"], next_pow2(K)), num_warps=LAUNCH["prep"]["num_warps"],
+        )  # fmt: skip
     return qe, ke, dec, A
 
 
@@ -337,43 +326,24 @@ class _DDTSFunction(torch.autograd.Function):
             del hbuf
         dq = torch.empty(TT, H, K, device=dev, dtype=q.dtype)
         dk = torch.empty(TT, H, K, device=dev, dtype=k.dtype)
-        db, dgb, dtb = (torch.empty(TT, H, K, **f32) for _ in range(3))
+        dkh, db, dgb, dtb = (torch.empty(TT, H, K, **f32) for _ in range(4))
+        BKS = min(LAUNCH["intra"]["BK"], next_pow2(K))
+        NKS = cdiv(K, BKS)
         if n_slots:
-            kern._bwd_intra[(n_slots, H)](
-                q,
-                k,
-                gp,
-                tp,
-                dQp,
-                dKp,
-                dAp,
-                dq,
-                dk,
-                db,
-                dgb,
-                dtb,
-                chunk_seq,
-                chunk_idx,
-                cu,
-                q.stride(0),
-                gp.stride(0),
-                scale,
-                eps,
-                n_part,
-                TT,
-                H=H,
-                K=K,
-                C=C,
-                BK=next_pow2(K),
+            kern._bwd_intra[(n_slots * NKS, H)](
+                q, k, gp, tp, dQp, dKp, dAp, dq, dkh, db, dgb, dtb, chunk_seq, chunk_idx, cu, q.stride(0),
+                gp.stride(0), scale, eps, n_part, TT, H=H, K=K, C=C, BKS=BKS, NKS=NKS,
                 num_warps=LAUNCH["intra"]["num_warps"],
-            )
+            )  # fmt: skip
         # d log alpha_t = sum over later tokens of the same sequence (+ the final-state term), then the links
         dgp = torch.empty(TT, H, K, device=dev, dtype=gp.dtype)
         dtp = torch.empty(TT, H, K, device=dev, dtype=tp.dtype)
         if n_slots:
             tot = torch.empty(n_chunks, H, K, **f32)
             consts = dict(H=H, K=K, C=C, BK=next_pow2(K))
-            kern._chunk_totals[(n_slots, H)](db, tot, chunk_seq, chunk_idx, cu, coff, **consts)
+            kern._chunk_totals[(n_slots, H)](
+                db, tot, k, dkh, dk, chunk_seq, chunk_idx, cu, coff, q.stride(0), eps, **consts
+            )  # fmt: skip
             kern._bwd_gates[(n_slots, H)](
                 gp, tp, db, dgb, dtb, tot, finp, dgp, dtp, chunk_seq, chunk_idx, cu, coff, finp.shape[0], n_seq * H,
                 gp.stride(0), **consts, NB=16,

@@ -3,14 +3,14 @@
 Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is a row range
 ``[cu[n], cu[n+1])`` (a batch row, or a packed document), and chunks of C rows never cross one.
 
-* ``_prep``: from raw q, k, g_pre, tau_pre of one chunk (float32 in registers): the gates, the running
-  log-decay b (cumsum of log alpha inside the chunk), and three K-sized products the V-sized passes
-  need: ``qe = scale q e^b``, ``ke = beta k_hat e^(b_last - b)``, ``dec = e^b_last`` and the causal
-  intra-chunk scores ``A[t, s] = sum_k scale q_t k_s e^(b_t - b_s)``. A is built from 16-row
-  sub-chunks: off-diagonal blocks factor through the decay at the sub-chunk boundary (both factors
-  have exponent <= 0), the diagonal block as one [16, 16, K] tile of e^(b_t - b_s) with s <= t only (a
-  loop over its columns was 1.3x slower in ``_prep``, 1.9x in ``_bwd_intra``). No positive exponent
-  is ever taken, so nothing overflows however strong the decay.
+* ``_prep``: from raw q, k, g_pre, tau_pre (float32 in registers): the gates, the running log-decay b
+  (cumsum of log alpha inside the chunk), and three K-sized products the V-sized passes need:
+  ``qe = scale q e^b``, ``ke = beta k_hat e^(b_last - b)``, ``dec = e^b_last`` and the causal
+  intra-chunk scores ``A[t, s] = sum_k scale q_t k_s e^(b_t - b_s)``. One program per 16-row sub-chunk,
+  walking K a slice at a time: earlier sub-chunks' columns of A factor through the decay at the
+  sub-chunk boundary (both factors have exponent <= 0), the diagonal block is a [16, 16, slice] tile of
+  e^(b_t - b_s) with s <= t only (a loop over its columns was 1.3x slower). No positive exponent is
+  ever taken, so nothing overflows however strong the decay.
 * ``_fwd``: one program per (V block, sequence, head) walks the chunks carrying its [K, BV] state in
   registers: ``o = qe S + A v``, ``S = dec S + ke^T v``. The state never touches HBM.
 * Split forms (``LAUNCH[...]["split"]``): ``_walk`` is the only sequential part, one light program per
@@ -24,10 +24,12 @@ Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is 
   entering them, and MODE 2 walks all segments again from those, storing every state.
 * ``_bwd_state`` (fused backward): the same walk forward (states at chunk starts to a scratch buffer),
   then backward carrying dS: dv, and per V block partial sums of dO S^T, v dS^T and dO v^T.
-* ``_bwd_intra``: per chunk, the V-reduced partials become dq, dk (through the key norm and beta), the
-  per-token d(log-decay) contributions and the beta-path gate gradients. (One program per 16-row
-  sub-chunk instead, each forming the chunk's gates again, was slower on the H200: 0.65 vs 0.53 ms.)
-* ``_chunk_totals`` then ``_bwd_gates``: per chunk, d(log-decay) as the suffix sum of the per-token
+* ``_bwd_intra``: per chunk and slice of K columns (every column's gradients are independent but for
+  the key norm), the V-reduced partials become dq, the gradient of beta k_hat, the per-token
+  d(log-decay) contributions and the beta-path gate gradients, with the same sub-chunk blocks as
+  ``_prep`` (diagonal tiles 1.9x faster than a column loop).
+* ``_chunk_totals`` then ``_bwd_gates``: per chunk, dk through the key norm (a sum over all K columns),
+  d(log-decay) as the suffix sum of the per-token
   contributions over the rest of the sequence (chunk totals carry it across chunks), and the last link:
   softplus and sigmoid derivatives.
 * ``_decode``: one token, [K, BV] state block per program.
@@ -44,16 +46,30 @@ SUB = tl.constexpr(16)  # sub-chunk rows (the smallest tile tl.dot takes)
 
 
 @triton.jit
-def _gates(gp, tp, kr, eps, valid):
-    """Float32 [R, BK] tiles -> (log alpha, beta k_hat, k_hat, beta, g, tau, rsqrt-norm [R])."""
+def _gates(gp, tp, kr, eps, valid, rn=None):
+    """Float32 [R, BK] tiles -> (log alpha, beta k_hat, k_hat, beta, g, tau, rsqrt-norm [R]).
+
+    rn: the rows' key rsqrt-norms when ``kr`` holds only some of the K columns (else computed from kr)."""
     g = softplus(gp)
     tau = sigmoid(tp)
     loga = tl.where(valid, -g * tau, 0.0)
     beta = tl.where(g > 0.0, tl.exp(tau * tl.log(g)), 0.0)
-    rn = 1.0 / tl.sqrt(tl.sum(kr * kr, axis=1) + eps)
+    if rn is None:
+        rn = 1.0 / tl.sqrt(tl.sum(kr * kr, axis=1) + eps)
     kh = kr * rn[:, None]
     kb = tl.where(valid, kh * beta, 0.0)
     return loga, kb, kh, beta, g, tau, rn
+
+
+@triton.jit
+def _key_rnorm(k, rows, rmask, s_qk, eps, K: tl.constexpr, BKS: tl.constexpr):
+    """1 / sqrt(|k_t|^2 + eps) per row, reading the K columns BKS at a time (for column-sliced programs)."""
+    acc = tl.zeros([rows.shape[0]], tl.float32)
+    for k0 in tl.static_range(0, K, BKS):
+        cols = k0 + tl.arange(0, BKS)
+        kr = _load_rows(k, rows, cols, rmask, cols < K, s_qk)
+        acc += tl.sum(kr * kr, axis=1)
+    return 1.0 / tl.sqrt(acc + eps)
 
 
 @triton.jit
@@ -64,7 +80,7 @@ def _load_rows(ptr, rows, cols, rmask, cmask, stride):
 
 
 @triton.jit
-def _load_gates(q, k, gp, tp, rows, cols, rmask, cmask, s_qk, s_g, scale, eps):
+def _load_gates(q, k, gp, tp, rows, cols, rmask, cmask, s_qk, s_g, scale, eps, rn=None):
     """Rows of raw q, k, g_pre, tau_pre -> :func:`_gates` of them, then scale * q (all float32).
 
     s_qk and s_g are the row strides of q/k and of g_pre/tau_pre: column slices of the mixer's projections,
@@ -75,20 +91,24 @@ def _load_gates(q, k, gp, tp, rows, cols, rmask, cmask, s_qk, s_g, scale, eps):
         _load_rows(k, rows, cols, rmask, cmask, s_qk),
         eps,
         rmask[:, None] & cmask[None, :],
+        rn,
     )
     return loga, kb, kh, beta, g, tau, rn, _load_rows(q, rows, cols, rmask, cmask, s_qk) * scale
 
 
 @triton.jit
-def _chunk_decay(q, k, gp, tp, t0, eos, s_qk, s_g, scale, eps, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
+def _chunk_decay(q, k, gp, tp, t0, eos, s_qk, s_g, scale, eps, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                 k0=0, rn=None):
     """One chunk's rows from ``t0`` -> (row/column indices and masks, log alpha, beta k_hat, scale q, the
-    running log-decay b = cumsum of log alpha and its chunk total b_last)."""
+    running log-decay b = cumsum of log alpha and its chunk total b_last).
+
+    Columns k0 .. k0 + BK; a program that holds only some columns passes the rows' key norms ``rn``."""
     rl = tl.arange(0, C)
     rows = t0 + rl
     rmask = rows < eos
-    cols = tl.arange(0, BK)
+    cols = k0 + tl.arange(0, BK)
     cmask = cols < K
-    loga, kb, _, _, _, _, _, qs = _load_gates(q, k, gp, tp, rows, cols, rmask, cmask, s_qk, s_g, scale, eps)
+    loga, kb, _, _, _, _, _, qs = _load_gates(q, k, gp, tp, rows, cols, rmask, cmask, s_qk, s_g, scale, eps, rn)
     return rl, rows, rmask, cols, cmask, loga, kb, qs, tl.cumsum(loga, axis=0), tl.sum(loga, axis=0)
 
 
@@ -138,53 +158,54 @@ def _prep(
     H: tl.constexpr,
     K: tl.constexpr,
     C: tl.constexpr,
-    BK: tl.constexpr,
+    BKS: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    """One program per (chunk, 16-row sub-chunk i): rows i of qe, ke and A, walking the K columns BKS at a
+    time (small tiles: the chunk-wide form held all four sub-chunks' [16, 16, K] tiles, 254 registers).
+    Every program forms the chunk's gates for the columns it needs again (cheap, L2-resident)."""
+    NSUB: tl.constexpr = C // SUB
+    pid = tl.program_id(0) // NSUB
+    i = tl.program_id(0) % NSUB
     h = tl.program_id(1)
     seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
     if seq >= 0:
         off = h * K
-        rl, rows, rmask, cols, cmask, loga, kb, qs, b, b_last = _chunk_decay(
-            q + off, k + off, gp + off, tp + off, t0, eos, s_qk, s_g, scale, eps, K, C, BK
-        )
-        valid = rmask[:, None] & cmask[None, :]
-        ptr = rows[:, None] * (H * K) + off + cols[None, :]
-        tl.store(qe + ptr, qs * tl.exp(b), mask=valid)
-        tl.store(ke + ptr, kb * tl.exp(b_last[None, :] - b), mask=valid)
-        cid = tl.load(coff + seq) + c
-        tl.store(dec + (cid * H + h) * K + cols, tl.exp(b_last), mask=cmask)
+        rl = tl.arange(0, C)
         sl = tl.arange(0, SUB)
-        for i in tl.static_range(C // SUB):
-            rows_i = t0 + i * SUB + sl
-            rm_i = rows_i < eos
-            loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(
-                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
+        rn = _key_rnorm(k + off, t0 + rl, t0 + rl < eos, s_qk, eps, K, BKS)
+        rows_i = t0 + i * SUB + sl
+        rm_i = rows_i < eos
+        rn_i = tl.sum(tl.where(rl[None, :] == i * SUB + sl[:, None], rn[None, :], 0.0), axis=1)
+        earlier = rl[:, None] < i * SUB
+        a_off = tl.zeros([SUB, C], tl.float32)
+        a_d = tl.zeros([SUB, SUB], tl.float32)
+        for k0 in range(0, K, BKS):
+            _, _, rmask, cols, cmask, loga, kb, _, b, b_last = _chunk_decay(
+                q + off, k + off, gp + off, tp + off, t0, eos, s_qk, s_g, scale, eps, K, C, BKS, k0, rn
             )
-            prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
+            loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(
+                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps, rn_i
+            )
+            prefix = tl.sum(tl.where(earlier, loga, 0.0), axis=0)
             b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
-            a_ptr = A + rows_i[:, None] * (H * C) + h * C
-            if i > 0:
-                qg = qs_i * tl.exp(b_i - prefix[None, :])
-                kg = kb * tl.exp(tl.where(rl[:, None] < i * SUB, prefix[None, :] - b, float("-inf")))
-                a_off = mm(qg, tl.trans(kg), False)
-                cl = tl.arange(0, C)
-                outside = (cl < i * SUB) | (cl >= (i + 1) * SUB)
-                tl.store(
-                    a_ptr + cl[None, :],
-                    tl.where(cl[None, :] < i * SUB, a_off, 0.0),
-                    mask=rm_i[:, None] & outside[None, :],
-                )
-            elif C > SUB:
-                cl = tl.arange(0, C)
-                tl.store(
-                    a_ptr + cl[None, :],
-                    tl.zeros([SUB, C], tl.float32),
-                    mask=rm_i[:, None] & (cl >= SUB)[None, :],
-                )
-            # the diagonal block at once, from a [SUB, SUB, BK] tile of e^(b_t - b_s) for s <= t
-            a_d = tl.sum(qs_i[:, None, :] * kb_i[None, :, :] * _pair_decay(b_i, sl), axis=2)
-            tl.store(a_ptr + i * SUB + sl[None, :], a_d, mask=rm_i[:, None])
+            valid = rm_i[:, None] & cmask[None, :]
+            ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
+            tl.store(qe + ptr, qs_i * tl.exp(b_i), mask=valid)
+            tl.store(ke + ptr, kb_i * tl.exp(b_last[None, :] - b_i), mask=valid)
+            if i == 0:
+                tl.store(dec + ((tl.load(coff + seq) + c) * H + h) * K + cols, tl.exp(b_last), mask=cmask)
+            # earlier sub-chunks factor through the decay at this sub-chunk's start (exponents <= 0)
+            qg = qs_i * tl.exp(b_i - prefix[None, :])
+            kg = kb * tl.exp(tl.where(earlier, prefix[None, :] - b, float("-inf")))
+            a_off += mm(qg, tl.trans(kg), False)
+            # the diagonal block from a [SUB, SUB, BKS] tile of e^(b_t - b_s) for s <= t
+            a_d += tl.sum(qs_i[:, None, :] * kb_i[None, :, :] * _pair_decay(b_i, sl), axis=2)
+        a_ptr = A + rows_i[:, None] * (H * C) + h * C
+        cl = tl.arange(0, C)
+        outside = (cl < i * SUB) | (cl >= (i + 1) * SUB)
+        a_off = tl.where(cl[None, :] < i * SUB, a_off, 0.0)
+        tl.store(a_ptr + cl[None, :], a_off, mask=rm_i[:, None] & outside[None, :])
+        tl.store(a_ptr + i * SUB + sl[None, :], a_d, mask=rm_i[:, None])
 
 
 @triton.jit
@@ -562,7 +583,7 @@ def _bwd_intra(
     dKp,
     dAp,
     dq,
-    dk,
+    dkh,
     db,
     dgb,
     dtb,
@@ -578,23 +599,32 @@ def _bwd_intra(
     H: tl.constexpr,
     K: tl.constexpr,
     C: tl.constexpr,
-    BK: tl.constexpr,
+    BKS: tl.constexpr,
+    NKS: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    """One program per (chunk, BKS key columns): everything here is per column but the key norm, so
+    the chunk's K columns are split over NKS programs (small [SUB, SUB, BKS] tiles, no register spills).
+    The key norm's backward, which sums over all K columns, is left to :func:`_chunk_totals`: this
+    writes dkh, the gradient of beta k_hat with beta taken out (float32)."""
+    pid = tl.program_id(0) // NKS
+    k0 = (tl.program_id(0) % NKS) * BKS
     h = tl.program_id(1)
     seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
     if seq >= 0:
         off = h * K
+        rl0 = tl.arange(0, C)
+        rn = _key_rnorm(k + off, t0 + rl0, t0 + rl0 < eos, s_qk, eps, K, BKS)
         rl, rows, rmask, cols, cmask, loga, kb, qs, b, b_last = _chunk_decay(
-            q + off, k + off, gp + off, tp + off, t0, eos, s_qk, s_g, scale, eps, K, C, BK
+            q + off, k + off, gp + off, tp + off, t0, eos, s_qk, s_g, scale, eps, K, C, BKS, k0, rn
         )
         sl = tl.arange(0, SUB)
         for i in tl.static_range(C // SUB):
             rows_i = t0 + i * SUB + sl
             rm_i = rows_i < eos
             v_i = rm_i[:, None] & cmask[None, :]
-            loga_i, kb_i, kh_i, beta_i, g_i, tau_i, rn_i, qs_i = _load_gates(
-                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps
+            rn_i = tl.sum(tl.where(rl[None, :] == i * SUB + sl[:, None], rn[None, :], 0.0), axis=1)
+            loga_i, kb_i, kh_i, beta_i, g_i, tau_i, _, qs_i = _load_gates(
+                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps, rn_i
             )
             prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
             b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
@@ -632,9 +662,7 @@ def _bwd_intra(
             ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
             tl.store(dq + ptr, (dqs * scale).to(dq.dtype.element_ty), mask=v_i)
             tl.store(db + ptr, qs_i * dqs - kb_i * dkb, mask=v_i)
-            dkh = dkb * beta_i
-            dk_i = rn_i[:, None] * (dkh - kh_i * tl.sum(dkh * kh_i, axis=1)[:, None])
-            tl.store(dk + ptr, dk_i.to(dk.dtype.element_ty), mask=v_i)
+            tl.store(dkh + ptr, dkb * beta_i, mask=v_i)
             dbeta = dkb * kh_i
             safe_g = tl.where(g_i > 0.0, g_i, 1.0)
             tl.store(dgb + ptr, tl.where(g_i > 0.0, dbeta * beta_i * tau_i / safe_g, 0.0), mask=v_i)
@@ -642,15 +670,23 @@ def _bwd_intra(
 
 
 @triton.jit
-def _chunk_totals(db, tot, chunk_seq, chunk_idx, cu, coff, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
-                  BK: tl.constexpr):
-    """Per chunk and head: the sum over the chunk's rows of the d(log-decay) contributions db."""
+def _chunk_totals(db, tot, k, dkh, dk, chunk_seq, chunk_idx, cu, coff, s_qk, eps, H: tl.constexpr,
+                  K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
+    """Per chunk and head: the sum over the chunk's rows of the d(log-decay) contributions db, and the key
+    norm's backward dk = (dkh - k_hat <dkh, k_hat>) / |k| (a sum over all K columns)."""
     seq, cid, rows, rm = _stored_chunk(tl.program_id(0), chunk_seq, chunk_idx, cu, coff, C)
     h = tl.program_id(1)
     if seq >= 0:
         cols = tl.arange(0, BK)
+        m = rm[:, None] & (cols < K)[None, :]
         x = _load_rows(db + h * K, rows, cols, rm, cols < K, H * K)
         tl.store(tot + (cid * H + h) * K + cols, tl.sum(x, axis=0), mask=cols < K)
+        kr = _load_rows(k + h * K, rows, cols, rm, cols < K, s_qk)
+        rn = 1.0 / tl.sqrt(tl.sum(kr * kr, axis=1) + eps)
+        kh = kr * rn[:, None]
+        g = _load_rows(dkh + h * K, rows, cols, rm, cols < K, H * K)
+        dk_r = rn[:, None] * (g - kh * tl.sum(g * kh, axis=1)[:, None])
+        tl.store(dk + rows[:, None] * (H * K) + h * K + cols[None, :], dk_r.to(dk.dtype.element_ty), mask=m)
 
 
 @triton.jit
