@@ -35,7 +35,11 @@ LAUNCH = {
     # H200 2026-11-29, B8 T2048 C64, per-kernel sums: V 2048 1.35 ms vs 1.46 fused, V 4096 2.08 vs 2.28;
     # B2 T8192 V 2048: 2.28 vs 2.87
     "bwd_state": dict(BV=64, num_warps=4, num_stages=1, split=True, split_min_v=2048, BV_chunk=64, slices=2),
-    # _walk: [BK, BV] state blocks (BK 32 x BV 128, 2 stages: the fastest of nine at V 2048 and 4096).
+    # _walk: [BK, BV] state blocks, 2 stages. A walk lasts as long as its longest document, so smaller
+    # blocks (more programs, on more SMs, per document) win on packed training data: H100 2026-12-07, 342M,
+    # T8192 B2 graphs, tok/s BK16 x BV64 95,088-95,172 vs BK32 x BV128 93,225-93,664 (three runs each),
+    # BK16 x BV128 94,429, BK32 x BV64 93,494; T2048 B8 equal (95,627 vs 95,642). (BK32 x BV128 was the
+    # fastest of nine on the H200 at equal documents of 2,048, B8, V 2048 and 4096.)
     # "lowp_states": the split forward stores its states in bf16 for bf16 inputs when no gradient is
     # needed (outputs as accurate; with bf16 states the gate gradients, a difference of two large sums,
     # missed the 1e-2 bf16 budget: 1.4-2.6e-2 vs 0.4e-2 with float32)
@@ -44,7 +48,7 @@ LAUNCH = {
     # step per chunk of the longest document. Off: H200 2026-12-04, 359M training, graphs, tok/s off / 8 / 16 /
     # 32: T8192 B2 99,850 / 95,969 / 97,386 / 96,087; T2048 B8 101,406 / - / 97,079 / - (the walks' GPU time fell
     # only 12.3 -> 11.4 ms per step; the carry launches and the final-state products cost more)
-    "walk": dict(BK=32, BV=128, num_warps=4, num_stages=2, lowp_states=True, segment=0, segment_min_chunks=48),
+    "walk": dict(BK=16, BV=64, num_warps=4, num_stages=2, lowp_states=True, segment=0, segment_min_chunks=48),
     # per-chunk kernels. H200 2026-11-29, B8 T2048 C64: the diagonal 16x16 blocks as one [16, 16, K] tile
     # instead of a loop over columns took _prep 0.180 -> 0.141 ms (0.127 with 8 warps), _bwd_intra
     # 0.396 -> 0.210 ms (8 warps: 0.237)
