@@ -39,3 +39,18 @@ def test_every_kernel_compiles_for_sm90():
     expected = {f"{mod}.{name}" for mod, names in KERNELS.items() for name in names}
     assert not expected - compiled.keys(), f"never compiled: {sorted(expected - compiled.keys())}"
     assert not compiled.keys() - expected, f"new kernels, add them to KERNELS: {sorted(compiled.keys() - expected)}"
+
+
+def test_kernel_resources_reports_every_ddts_training_kernel():
+    """benchmarks/kernel_resources.py (registers and spills per kernel, read from the sm_90 cubins) runs
+    on a CPU and reports a number for every DDTS kernel of the split and fused training forms."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "benchmarks/kernel_resources.py", "--V", "128"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, f"kernel_resources failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    rows = {line.split()[0]: line.split()[-3:] for line in proc.stdout.splitlines() if line.startswith("_")}
+    for name in ("_prep", "_walk", "_fwd", "_fwd_chunk", "_bwd_state", "_bwd_chunk", "_bwd_intra", "_chunk_totals",
+                 "_bwd_gates"):  # fmt: skip
+        assert name in rows, f"{name} not reported:\n{proc.stdout}"
+        reg, stack, smem = (int(x) for x in rows[name])
+        assert 0 < reg <= 255 and stack >= 0 and smem >= 0, rows[name]
