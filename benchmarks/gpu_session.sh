@@ -30,7 +30,7 @@ step check_model 150 python3 benchmarks/check_gpu_model.py --fixtures "$FIX"
 step sweep 200 python3 benchmarks/bench_kernels.py --quick --only sweep --budget 180 --json "$OUT/sweep.json"
 step loss 120 python3 benchmarks/bench_loss.py --rows 16384 --d-model 1024 --vocab 32000 --device cuda
 step sweep 120 python3 benchmarks/sweep_short_conv.py --rows 16384 --dim 2048
-step fused 200 python3 benchmarks/bench_kernels.py --only fused,layer --budget 180 --json "$OUT/k_fused_layer.json"
+step fused 200 python3 benchmarks/bench_kernels.py --only fused,layer --profile --budget 180 --json "$OUT/k_fused_layer.json"
 # fla's chunk_gla autotuning alone took over a minute per shape (even cut to 4 configs): give it room
 step ddts 300 python3 benchmarks/bench_kernels.py --only ddts --budget 280 --json "$OUT/k_ddts.json"
 step swska 240 python3 benchmarks/bench_kernels.py --only swska --flex --budget 220 --json "$OUT/k_swska.json"
