@@ -36,6 +36,21 @@ def bench(fn, warmup=25, rep=100) -> float:
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
+def graphed(fn):
+    """``fn`` captured in a CUDA graph, as a replay callable: its GPU time without host launch overhead
+    (eager timings of a few-kernel call are bounded by the host on these machines)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # compile and fill the caches outside the capture
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def record(group, name, shape, ms, **extra):
     row = dict(group=group, name=name, shape=shape, ms=round(ms, 4), **extra)
     RESULTS.append(row)
@@ -117,27 +132,38 @@ def bench_ddts(B, T, bw, tflops, deadline):
         t_fb = bench(fwd_bwd(fn, xs), warmup=5, rep=30)
         times[name] = (t_f, t_fb)
         record("ddts", name, shape, t_f, fwd_bwd_ms=round(t_fb, 4))
+
+    def forward():
+        with torch.no_grad():
+            ddts_triton(*xs, chunk_size=64)
+
+    graph_ms = record("ddts", "triton_fwd_graphed", shape, bench(graphed(forward)))
     # roofline of the fused forward: bytes = q,k,g,tau,v read once + o written; FLOPs of the chunked form
     n = B * T
     bytes_f = n * (4 * K + 2 * V) * 2
     C = 64
     flops_f = 2 * n * (2 * K * V + C * V + C * K)
-    roofline_and_ratios("ddts_fwd", shape, bytes_f, flops_f, bw, tflops, times, ("torch_chunk", "fla_chunk_gla"))
+    roofline_and_ratios(
+        "ddts_fwd", shape, bytes_f, flops_f, bw, tflops, times, ("torch_chunk", "fla_chunk_gla"), graph_ms
+    )
 
 
-def roofline_and_ratios(name, shape, nbytes, flops, bw, tflops, times, baselines):
-    """Print (and record) the Triton forward against its floor, then each baseline's time ratio."""
+def roofline_and_ratios(name, shape, nbytes, flops, bw, tflops, times, baselines, graph_ms=None):
+    """Print (and record) the Triton forward against its floor (eager, and as a CUDA graph when
+    ``graph_ms`` is given), then each baseline's time ratio."""
     if "triton" not in times:
         return
     floor = max(nbytes / bw / 1e9, flops / tflops / 1e9)
     ours = times["triton"]
+    graph = "" if graph_ms is None else f"; as a CUDA graph {graph_ms:.3f} ms = {graph_ms / floor:.2f}x floor"
     print(
         f"roofline {name} {shape}: {nbytes / 2**20:.0f} MiB, {flops / 1e9:.1f} GFLOP -> floor {floor:.3f} ms;"
-        f" measured {ours[0]:.3f} ms = {ours[0] / floor:.2f}x floor"
+        f" measured {ours[0]:.3f} ms = {ours[0] / floor:.2f}x floor{graph}"
     )
     RESULTS.append(
-        dict(group="roofline", name=name, shape=shape, floor_ms=round(floor, 4), measured_ms=round(ours[0], 4))
-    )
+        dict(group="roofline", name=name, shape=shape, floor_ms=round(floor, 4), measured_ms=round(ours[0], 4),
+             graphed_ms=None if graph_ms is None else round(graph_ms, 4))
+    )  # fmt: skip
     for base in baselines:
         if base in times:
             fwd, fwd_bwd = times[base][0] / ours[0], times[base][1] / ours[1]
@@ -222,7 +248,8 @@ def sweep_ddts(B, T, deadline, K=64, V=4096):
     fwd_split = [  # the state walk + chunk-parallel output
         dict(BV=bv, num_warps=4, num_stages=1, split=True, BV_chunk=bc) for bv, bc in ((64, 64), (128, 64), (128, 128))
     ]
-    sweep("fwd", "sweep_fwd", walks + fwd_split, forward, 5, 30)
+    fast = [dict(keep["fwd"], BV=bv, num_warps=4, fast_stages=st) for bv, st in ((128, 1), (128, 2), (64, 2))]
+    sweep("fwd", "sweep_fwd", fast + [dict(c, lowp_products=False) for c in walks + fwd_split], forward, 5, 30)
     bwd_split = [  # the chunk-parallel backward, 4 warps per _bwd_chunk program, then 8 for two of them
         dict(BV=bv, num_warps=4, num_stages=1, split=True, BV_chunk=bc, slices=ns)
         for bv, bc, ns in ((64, 64, 4), (64, 64, 8), (64, 64, 16), (64, 32, 8), (64, 32, 16), (128, 64, 8))

@@ -33,6 +33,7 @@ step sweep 120 python3 benchmarks/sweep_short_conv.py --rows 16384 --dim 2048
 step fused 200 python3 benchmarks/bench_kernels.py --only fused,layer --profile --budget 180 --json "$OUT/k_fused_layer.json"
 # fla's chunk_gla autotuning alone took over a minute per shape (even cut to 4 configs): give it room
 step ddts 300 python3 benchmarks/bench_kernels.py --only ddts --budget 280 --json "$OUT/k_ddts.json"
+step ddts 90 python3 benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_programs": 0, "BV": 64}}]'
 step swska 240 python3 benchmarks/bench_kernels.py --only swska --flex --budget 220 --json "$OUT/k_swska.json"
 step decode 120 python3 benchmarks/bench_kernels.py --only decode --budget 100 --json "$OUT/k_decode.json"
 step train 150 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus,rodimus_plus --steps 10 --warmup 3 \

@@ -59,10 +59,18 @@ def test_forward_and_every_gradient(B, T, H, K, V, dtype, init, cu, chunk, monke
     _check(B, T, H, K, V, dtype, init, cu, chunk)
 
 
-def _check(B, T, H, K, V, dtype, init, cu, chunk):
+def _check(B, T, H, K, V, dtype, init, cu, chunk, strong_from=None, grads=True, loose=()):
+    """strong_from: tokens from there on get g_pre + 40 (decay e^-20 or so per token, far past the
+    one-dot form's range in _prep); earlier ones g_pre - 8 (almost none)."""
     cu = torch.tensor(cu) if cu is not None else None
     n = B if cu is None else len(cu) - 1
     xs, h0 = _inputs(B, T, H, K, V, dtype, n)
+    if strong_from is not None:
+        with torch.no_grad():
+            xs[3][:, :strong_from] -= 8.0
+            xs[3][:, strong_from:] += 40.0
+            decay = torch.nn.functional.softplus(xs[3].double()) * torch.sigmoid(xs[4].double())
+            assert decay[:, strong_from : strong_from + 16].sum(1).max() > 80  # the fallback is taken
     h0 = h0 if init else None
     o, hT = ddts_triton(
         *xs, initial_state=h0, cu_seqlens=cu.to(DEV) if cu is not None else None, chunk_size=chunk
@@ -79,10 +87,24 @@ def _check(B, T, H, K, V, dtype, init, cu, chunk):
     assert o.dtype == dtype and hT.dtype == torch.float32
     _close("o", o, o_ref, rel=tol)
     _close("final_state", hT, hT_ref, rel=tol)
+    if not grads:
+        return
     for name, x, xr in zip(("dq", "dk", "dv", "dg_pre", "dtau_pre"), xs, ref_in, strict=True):
-        _close(name, x.grad, xr.grad, rel=tol)
+        _close(name, x.grad, xr.grad, rel=10 * tol if name in loose else tol)
     if init:
         _close("dinitial_state", h0.grad, ref_h0.grad, rel=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cu", [None, [0, 30, 100]], ids=["batched", "packed"])
+def test_mild_and_strong_decay_chunks(dtype, cu):
+    """Chunks that _prep scores with one dot per sub-chunk and chunks whose decay needs the exponent-free
+    fallback, in one call. At such decays the g_pre gradient is less accurate than the rest, as it was
+    before the one-dot form: bf16 1.9-2.6e-2 (outputs only are checked), float32 on an H100 (its
+    approximate exp and log) dg_pre 2.7-3.1e-4 and dtau_pre 1.4e-4, so 1e-3 is allowed for those two."""
+    B = 2 if cu is None else 1
+    _check(B, 100, 2, 16, 24, dtype, cu is None, cu, 32, strong_from=40, grads=dtype == torch.float32,
+           loose=("dg_pre", "dtau_pre"))  # fmt: skip
 
 
 def _use_split_forms(monkeypatch, bwd_bv_chunk, slices, save, **walk):
@@ -214,17 +236,29 @@ def test_segment_table():
     assert all(int(scu[i]) == 230 and int(fin_fwd[i]) == -1 == int(fin_rev[i]) for i in spare)
 
 
-@pytest.mark.parametrize("lowp_states", [False, True], ids=["fp32-states", "bf16-states"])
-def test_split_forward_without_grad(lowp_states, monkeypatch):
-    """Inference through the split forward (bf16 states allowed there) matches the reference."""
+@pytest.mark.parametrize(
+    "split,lowp_states,lowp_products",
+    [(True, False, False), (True, True, False), (True, True, True), (False, False, False), (False, False, True)],
+    ids=["split-fp32", "split-bf16-states", "split-bf16-all", "fused-fp32", "fused-bf16-products"],
+)
+@pytest.mark.parametrize("cu", [None, [0, 9, 9, 75, 140]], ids=["batched", "packed"])
+def test_forward_without_grad(split, lowp_states, lowp_products, cu, monkeypatch):
+    """Inference (bf16 states and bf16 qe / ke / A with bf16 dots allowed there) matches the reference."""
     from rodimus.ops.triton import ddts as tri
 
-    monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32))
+    split_cfg = dict(split=split, split_max_programs=0, BV_chunk=32, lowp_products=lowp_products)
+    monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], **split_cfg))
     monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BK=16, BV=32, lowp_states=lowp_states))
-    xs, h0 = _inputs(2, 70, 2, 16, 40, torch.bfloat16, 2)
+    B, T = (2, 70) if cu is None else (1, 140)
+    n_state = B if cu is None else len(cu) - 1
+    xs, h0 = _inputs(B, T, 2, 16, 40, torch.bfloat16, n_state)
+    h0 = h0 if cu is None else None  # packed documents start from zeros
+    cu_t = None if cu is None else torch.tensor(cu, device=DEV)
     with torch.no_grad():
-        o, hT = ddts_triton(*xs, initial_state=h0)
-    o_ref, hT_ref = ddts_naive(*[x.detach().cpu().double() for x in xs], initial_state=h0.detach().cpu().double())
+        o, hT = ddts_triton(*xs, initial_state=h0, cu_seqlens=cu_t, chunk_size=32)
+    ref = [x.detach().cpu().double() for x in xs]
+    h0_ref = None if h0 is None else h0.detach().cpu().double()
+    o_ref, hT_ref = ddts_naive(*ref, initial_state=h0_ref, cu_seqlens=None if cu is None else torch.tensor(cu))
     _close("o", o, o_ref, rel=TOL[torch.bfloat16])
     _close("final_state", hT, hT_ref, rel=TOL[torch.bfloat16])
 
@@ -293,3 +327,18 @@ def test_column_slices_are_read_in_place(H):
 
     for name, a, b in zip(("o", "d qk", "d gates", "dv"), run(False), run(True), strict=True):
         _close(name, a, b, rel=1e-6)
+
+
+def test_forward_benchmark_runs():
+    """benchmarks/ddts_forward.py (the no-grad forward against its floor, per launch setting) runs."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/ddts_forward.py", "--smoke", '[{}, {"prep": {"BK": 16}}]'],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("_prep alone") == 2 and proc.stdout.count("floor") == 2, proc.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rodimus.ops.ddts.chunk import ddts_chunk
@@ -27,7 +29,13 @@ LAUNCH = {
     # "split_with_grad": split whenever a split backward will take the saved states. Sixth session, 342M
     # training (packed documents, graphs): T2048 100,202 tok/s vs 97,903 fused; T8192 98,034 vs 92,690
     # (the fused walk waits on the longest document there)
-    "fwd": dict(BV=128, num_warps=4, num_stages=1, split_max_programs=64, save_states=True, split_with_grad=True),
+    # "lowp_products": a forward without gradients in bf16 stores qe, ke and A in bf16 and multiplies in
+    # bf16, with "fast_stages" pipeline stages, its V blocks halved (not below "fast_min_BV") while the
+    # fused grid has fewer than "fast_min_programs" programs. H100 2026-12-07, V4096, B8 T2048 kernel
+    # times: _fwd 321 us with float32 products and tf32 dots, 135 with bf16 (1 stage), 114 with 2 stages
+    # (8 warps 211-239; BV 64 153, BV 32 191); B2 T8192 as graphs: BV 32 269 us, BV 64 291, split 425
+    "fwd": dict(BV=128, num_warps=4, num_stages=1, split_max_programs=64, save_states=True, split_with_grad=True,
+                lowp_products=True, fast_stages=2, fast_min_BV=32, fast_min_programs=256),
     # the fused backward walk; the split form (two _walk passes and the chunk-parallel _bwd_chunk with
     # "BV_chunk" columns per block, "slices" V slices, "chunk_warps" warps, "chunk_stages" pipeline stages,
     # default 3 as Triton's own; also read for _fwd_chunk from "fwd") for V >= "split_min_v". H200
@@ -52,10 +60,10 @@ LAUNCH = {
     # per-chunk kernels. H200 2026-11-29, B8 T2048 C64: the diagonal 16x16 blocks as one [16, 16, K] tile
     # instead of a loop over columns took _prep 0.180 -> 0.141 ms (0.127 with 8 warps), _bwd_intra
     # 0.396 -> 0.210 ms (8 warps: 0.237)
-    # _prep: one program per 16-row sub-chunk, "BK" key columns at a time (the chunk-wide program of
-    # 8 warps held 254 registers: one program per SM). H100 2026-12-07, packed 1x16384 K64 V2048: 119 us
-    # vs 125 chunk-wide; 8 warps 151, BK 32 144
-    "prep": dict(num_warps=4, BK=16),
+    # _prep: one program per chunk, "BK" key columns at a time, A as one dot per sub-chunk (see the
+    # kernel). H100 2026-12-07, B8 T2048 K64: 38 us (4 warps, BK 16) vs 117-119 for the program per
+    # sub-chunk with [16, 16, K] diagonal tiles it replaced; 8 warps 56, 2 warps 45, BK 32 28-30 (8 warps 47)
+    "prep": dict(num_warps=4, BK=32),
     # _bwd_intra: one program per chunk and "BK" key columns (each column's gradients are independent
     # but for the key norm, done in _chunk_totals). All 64 columns in one program spilled 1.3 KB of
     # registers per thread on sm_90 (ptxas, 4 warps; 336 B at 8). H100 2026-12-07, same shape: 180 us vs
@@ -72,16 +80,22 @@ def _kernel_chunk(chunk_size: int) -> int:
 def _sequences(cu_seqlens, B, T, C, device):
     """cu (int32 row offsets), chunk table (seq, chunk-in-seq per program), per-seq chunk offsets."""
     if cu_seqlens is None:
-        cu = torch.arange(B + 1, device=device, dtype=torch.int32) * T
-        nch = max(1, cdiv(T, C))
-        n_slots = B * nch
-        slot = torch.arange(n_slots, device=device, dtype=torch.int32)
-        chunk_seq, chunk_idx = slot // nch, slot % nch
-        coff = torch.arange(B + 1, device=device, dtype=torch.int32) * nch
-        if T == 0:
-            chunk_seq = torch.full_like(chunk_seq, -1)
-        return cu, chunk_seq, chunk_idx, coff, n_slots, B * nch
+        return _batch_sequences(B, T, C, torch.device(device))
     return derived(cu_seqlens, ("ddts", T, C, device), lambda: _packed_sequences(cu_seqlens, T, C, device))
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_sequences(B, T, C, device):
+    """The tables of a plain batch, built once per shape: four small launches fewer on every call."""
+    cu = torch.arange(B + 1, device=device, dtype=torch.int32) * T
+    nch = max(1, cdiv(T, C))
+    n_slots = B * nch
+    slot = torch.arange(n_slots, device=device, dtype=torch.int32)
+    chunk_seq, chunk_idx = slot // nch, slot % nch
+    coff = torch.arange(B + 1, device=device, dtype=torch.int32) * nch
+    if T == 0:
+        chunk_seq = torch.full_like(chunk_seq, -1)
+    return cu, chunk_seq, chunk_idx, coff, n_slots, B * nch
 
 
 def _packed_sequences(cu_seqlens, T, C, device):
@@ -140,19 +154,21 @@ def _segment_table(seqs, C, seg):
     )
 
 
-def _prep(q, k, gp, tp, seqs, scale, eps, C):
+def _prep(q, k, gp, tp, seqs, scale, eps, C, dtype=torch.float32):
+    """qe, ke, dec, A (:func:`kern._prep`); ``dtype`` for qe, ke and A (bf16 for a forward without
+    gradients, whose dots then take them as they are), dec stays float32."""
     cu, chunk_seq, chunk_idx, coff, n_slots, n_chunks = seqs
     TT, H, K = q.shape
     f32 = dict(device=q.device, dtype=torch.float32)
-    qe = torch.empty(TT, H, K, **f32)
-    ke = torch.empty(TT, H, K, **f32)
-    A = torch.empty(TT, H, C, **f32)
+    qe = torch.empty(TT, H, K, device=q.device, dtype=dtype)
+    ke = torch.empty(TT, H, K, device=q.device, dtype=dtype)
+    A = torch.empty(TT, H, C, device=q.device, dtype=dtype)
     dec = torch.empty(n_chunks, H, K, **f32)
     if n_slots:
-        NSUB = C // kern.SUB
-        kern._prep[(n_slots * NSUB, H)](
+        kern._prep[(n_slots, H)](
             q, k, gp, tp, qe, ke, dec, A, chunk_seq, chunk_idx, cu, coff, q.stride(0), gp.stride(0), scale, eps,
-            H=H, K=K, C=C, BKS=min(LAUNCH["prep"]["BK"], next_pow2(K)), num_warps=LAUNCH["prep"]["num_warps"],
+            H=H, K=K, C=C, BKS=min(LAUNCH["prep"]["BK"], next_pow2(K)), LOWP=q.dtype in _LOWP,
+            num_warps=LAUNCH["prep"]["num_warps"],
         )  # fmt: skip
     return qe, ke, dec, A
 
@@ -227,7 +243,7 @@ def _same_row_stride(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
 
 class _DDTSFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, gp, tp, h0, cu_seqlens, scale, eps, C, want_final):
+    def forward(ctx, q, k, v, gp, tp, h0, cu_seqlens, scale, eps, C, want_final, grad):
         B, T, H, K = q.shape
         V = v.shape[-1]
         q, k = _same_row_stride(head_rows_view(q), head_rows_view(k))
@@ -235,16 +251,20 @@ class _DDTSFunction(torch.autograd.Function):
         v = v.contiguous().view(B * T, H, V)
         seqs = _sequences(cu_seqlens, B, T, C, q.device)
         n_seq = seqs[0].numel() - 1
-        qe, ke, dec, A = _prep(q, k, gp, tp, seqs, scale, eps, C)
+        cfg = LAUNCH["fwd"]
+        lowp = v.dtype in _LOWP
+        fast = lowp and not grad and cfg.get("lowp_products", False)
+        qe, ke, dec, A = _prep(q, k, gp, tp, seqs, scale, eps, C, v.dtype if fast else torch.float32)
         o = torch.empty_like(v)
         # every walk program writes its block of the final state (zeros for an empty document)
         hT = torch.empty(n_seq, H, K, V, device=q.device, dtype=torch.float32) if want_final else None
         h0c = h0.contiguous() if h0 is not None else None
-        cfg = LAUNCH["fwd"]
-        lowp = v.dtype in _LOWP
         saved_states = None
         BV = min(cfg["BV"], next_pow2(V))
-        grad = any(ctx.needs_input_grad)
+        if fast:  # narrower V blocks until the fused walk has programs enough (its latency is per program)
+            min_bv, min_programs = cfg.get("fast_min_BV", BV), cfg.get("fast_min_programs", 0)
+            while min_bv < BV and n_seq * H * cdiv(V, BV) < min_programs:
+                BV //= 2
         keep = grad and cfg.get("save_states", False) and _split_backward(V)  # the backward takes the states
         split = cfg.get("split", False) or n_seq * H * cdiv(V, BV) <= cfg.get("split_max_programs", 0)
         split = split or (keep and cfg.get("split_with_grad", False))
@@ -256,17 +276,18 @@ class _DDTSFunction(torch.autograd.Function):
                 BVc = min(cfg.get("BV_chunk", 64), next_pow2(V))
                 kern._fwd_chunk[(seqs[4], H, cdiv(V, BVc))](
                     v, o, qe, A, hbuf, seqs[1], seqs[2], seqs[0], seqs[3], V,
-                    H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=lowp, num_warps=cfg.get("chunk_warps", 4),
-                    num_stages=cfg.get("chunk_stages", 3),
+                    H=H, K=K, C=C, BK=next_pow2(K), BV=BVc, LOWP=lowp, FAST=fast,
+                    num_warps=cfg.get("chunk_warps", 4), num_stages=cfg.get("chunk_stages", 3),
                 )  # fmt: skip
             if keep:
                 saved_states = hbuf
             del hbuf
         else:
+            stages = cfg.get("fast_stages", cfg["num_stages"]) if fast else cfg["num_stages"]
             kern._fwd[(cdiv(V, BV), n_seq * H)](
                 v, o, qe, ke, dec, A, h0c if h0c is not None else o, hT if want_final else o, seqs[0], seqs[3], V,
                 H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0c is not None, STORE_FINAL=want_final, LOWP=lowp,
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                FAST=fast, num_warps=cfg["num_warps"], num_stages=stages,
             )  # fmt: skip
         # the K-sized products are kept, not recomputed: ~0.75 KiB per token against a second _prep launch
         ctx.save_for_backward(q, k, v, gp, tp, h0c, qe, ke, dec, A, *seqs[:4], saved_states, hT)
@@ -365,6 +386,7 @@ class _DDTSFunction(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -422,9 +444,14 @@ def ddts_triton(
         )
         o = ddts_decode_(q, k, v, g_pre, tau_pre, state, scale=scale, eps=eps)
         return o, state if output_final_state else None
+    # needs_input_grad inside forward ignores torch.no_grad, so a no-grad call on leaves that require
+    # grad would take the training path (float32 products, stored states)
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, g_pre, tau_pre, initial_state)
+    )
     return _DDTSFunction.apply(
         q, k, v, g_pre, tau_pre, initial_state, cu_seqlens, scale, float(eps),
-        _kernel_chunk(DEFAULT_CHUNK if chunk_size is None else chunk_size), bool(output_final_state),
+        _kernel_chunk(DEFAULT_CHUNK if chunk_size is None else chunk_size), bool(output_final_state), grad,
     )
 
 

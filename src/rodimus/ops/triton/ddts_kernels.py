@@ -6,13 +6,15 @@ Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is 
 * ``_prep``: from raw q, k, g_pre, tau_pre (float32 in registers): the gates, the running log-decay b
   (cumsum of log alpha inside the chunk), and three K-sized products the V-sized passes need:
   ``qe = scale q e^b``, ``ke = beta k_hat e^(b_last - b)``, ``dec = e^b_last`` and the causal
-  intra-chunk scores ``A[t, s] = sum_k scale q_t k_s e^(b_t - b_s)``. One program per 16-row sub-chunk,
-  walking K a slice at a time: earlier sub-chunks' columns of A factor through the decay at the
-  sub-chunk boundary (both factors have exponent <= 0), the diagonal block is a [16, 16, slice] tile of
-  e^(b_t - b_s) with s <= t only (a loop over its columns was 1.3x slower). No positive exponent is
-  ever taken, so nothing overflows however strong the decay.
+  intra-chunk scores ``A[t, s] = sum_k scale q_t k_s e^(b_t - b_s)``. One program per chunk, walking K
+  a slice at a time; each 16-row sub-chunk's rows of A are one dot, both factors taken relative to the
+  middle of that sub-chunk's log-decay range (exponents bounded by half the decay across 16 rows). A
+  chunk whose decay across a sub-chunk passes ``LIM`` takes an exponent-free form instead (earlier
+  sub-chunks factor through the sub-chunk boundary, the diagonal block is a [16, 16, slice] tile of
+  e^(b_t - b_s) with s <= t only), so nothing overflows however strong the decay.
 * ``_fwd``: one program per (V block, sequence, head) walks the chunks carrying its [K, BV] state in
-  registers: ``o = qe S + A v``, ``S = dec S + ke^T v``. The state never touches HBM.
+  registers: ``o = qe S + A v``, ``S = dec S + ke^T v``. The state never touches HBM. A forward without
+  gradients (``FAST``) reads qe, ke and A in bf16 and multiplies in bf16.
 * Split forms (``LAUNCH[...]["split"]``): ``_walk`` is the only sequential part, one light program per
   (K block, V block, sequence, head) storing the state at every chunk start (float32; bf16 for a
   forward without gradients); ``_fwd_chunk`` then forms the outputs chunk-parallel. In the backward a
@@ -137,6 +139,37 @@ def _pair_decay(b_i, sl):
     return tl.exp(tl.where(causal, b_i[:, None, :] - b_i[None, :, :], float("-inf")))
 
 
+LIM = tl.constexpr(80.0)  # the largest log-decay across one sub-chunk that _prep's one-dot form takes
+
+
+@triton.jit
+def _sub_chunk_scores(q, k, gp, tp, t0, eos, i, rn, s_qk, s_g, scale, eps,
+                      K: tl.constexpr, C: tl.constexpr, BKS: tl.constexpr):
+    """Rows i*SUB.. of A with no positive exponent anywhere, however strong the decay: earlier sub-chunks
+    factor through the decay at sub-chunk i's start, the diagonal block is a [SUB, SUB, BKS] tile of
+    e^(b_t - b_s) for s <= t. Returns (the [SUB, C] rows left of the diagonal block, that block)."""
+    rl = tl.arange(0, C)
+    sl = tl.arange(0, SUB)
+    rows_i = t0 + i * SUB + sl
+    rm_i = rows_i < eos
+    rn_i = tl.sum(tl.where(rl[None, :] == i * SUB + sl[:, None], rn[None, :], 0.0), axis=1)
+    earlier = rl[:, None] < i * SUB
+    a_off = tl.zeros([SUB, C], tl.float32)
+    a_d = tl.zeros([SUB, SUB], tl.float32)
+    for k0 in range(0, K, BKS):
+        _, _, _, cols, cmask, loga, kb, _, b, _ = _chunk_decay(q, k, gp, tp, t0, eos, s_qk, s_g, scale, eps, K, C,
+                                                               BKS, k0, rn)  # fmt: skip
+        loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(q, k, gp, tp, rows_i, cols, rm_i, cmask, s_qk, s_g, scale,
+                                                        eps, rn_i)  # fmt: skip
+        prefix = tl.sum(tl.where(earlier, loga, 0.0), axis=0)
+        b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
+        qg = qs_i * tl.exp(b_i - prefix[None, :])
+        kg = kb * tl.exp(tl.where(earlier, prefix[None, :] - b, float("-inf")))
+        a_off += mm(qg, tl.trans(kg), False)
+        a_d += tl.sum(qs_i[:, None, :] * kb_i[None, :, :] * _pair_decay(b_i, sl), axis=2)
+    return tl.where(rl[None, :] < i * SUB, a_off, 0.0), a_d
+
+
 @triton.jit
 def _prep(
     q,
@@ -159,53 +192,63 @@ def _prep(
     K: tl.constexpr,
     C: tl.constexpr,
     BKS: tl.constexpr,
+    LOWP: tl.constexpr,
 ):
-    """One program per (chunk, 16-row sub-chunk i): rows i of qe, ke and A, walking the K columns BKS at a
-    time (small tiles: the chunk-wide form held all four sub-chunks' [16, 16, K] tiles, 254 registers).
-    Every program forms the chunk's gates for the columns it needs again (cheap, L2-resident)."""
+    """One program per chunk: qe, ke, dec and A, walking the K columns BKS at a time.
+
+    A[t, s] = sum_k scale q_t k_s e^(b_t - b_s) as one dot per sub-chunk i of rows: both factors are taken
+    relative to the middle m_i of that sub-chunk's log-decay range, q_t e^(b_t - m_i) and k_s e^(m_i - b_s)
+    for s up to the sub-chunk's end, so neither exponent exceeds half the decay across one sub-chunk
+    (those of earlier sub-chunks are <= 0). A chunk where that decay passes LIM in some column takes
+    :func:`_sub_chunk_scores` instead (no positive exponent at all), so nothing overflows however strong
+    the decay. (That form as the only one, a program per sub-chunk, took 117-123 us against 30 at B8 T2048
+    K64 on an H100: its [SUB, SUB, K] tiles and layout changes made it issue-bound at 255 registers.)"""
     NSUB: tl.constexpr = C // SUB
-    pid = tl.program_id(0) // NSUB
-    i = tl.program_id(0) % NSUB
+    HALF: tl.constexpr = LIM * 0.5
+    pid = tl.program_id(0)
     h = tl.program_id(1)
     seq, c, t0, eos = _chunk_of(pid, chunk_seq, chunk_idx, cu, C)
     if seq >= 0:
         off = h * K
         rl = tl.arange(0, C)
-        sl = tl.arange(0, SUB)
+        sub = rl // SUB
         rn = _key_rnorm(k + off, t0 + rl, t0 + rl < eos, s_qk, eps, K, BKS)
-        rows_i = t0 + i * SUB + sl
-        rm_i = rows_i < eos
-        rn_i = tl.sum(tl.where(rl[None, :] == i * SUB + sl[:, None], rn[None, :], 0.0), axis=1)
-        earlier = rl[:, None] < i * SUB
-        a_off = tl.zeros([SUB, C], tl.float32)
-        a_d = tl.zeros([SUB, SUB], tl.float32)
+        acc = tl.zeros([C, C], tl.float32)
+        strong = tl.full((), 0.0, tl.float32)
         for k0 in range(0, K, BKS):
-            _, _, rmask, cols, cmask, loga, kb, _, b, b_last = _chunk_decay(
+            _, rows, rmask, cols, cmask, loga, kb, qs, b, b_last = _chunk_decay(
                 q + off, k + off, gp + off, tp + off, t0, eos, s_qk, s_g, scale, eps, K, C, BKS, k0, rn
             )
-            loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(
-                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps, rn_i
-            )
-            prefix = tl.sum(tl.where(earlier, loga, 0.0), axis=0)
-            b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
-            valid = rm_i[:, None] & cmask[None, :]
-            ptr = rows_i[:, None] * (H * K) + off + cols[None, :]
-            tl.store(qe + ptr, qs_i * tl.exp(b_i), mask=valid)
-            tl.store(ke + ptr, kb_i * tl.exp(b_last[None, :] - b_i), mask=valid)
-            if i == 0:
-                tl.store(dec + ((tl.load(coff + seq) + c) * H + h) * K + cols, tl.exp(b_last), mask=cmask)
-            # earlier sub-chunks factor through the decay at this sub-chunk's start (exponents <= 0)
-            qg = qs_i * tl.exp(b_i - prefix[None, :])
-            kg = kb * tl.exp(tl.where(earlier, prefix[None, :] - b, float("-inf")))
-            a_off += mm(qg, tl.trans(kg), False)
-            # the diagonal block from a [SUB, SUB, BKS] tile of e^(b_t - b_s) for s <= t
-            a_d += tl.sum(qs_i[:, None, :] * kb_i[None, :, :] * _pair_decay(b_i, sl), axis=2)
-        a_ptr = A + rows_i[:, None] * (H * C) + h * C
-        cl = tl.arange(0, C)
-        outside = (cl < i * SUB) | (cl >= (i + 1) * SUB)
-        a_off = tl.where(cl[None, :] < i * SUB, a_off, 0.0)
-        tl.store(a_ptr + cl[None, :], a_off, mask=rm_i[:, None] & outside[None, :])
-        tl.store(a_ptr + i * SUB + sl[None, :], a_d, mask=rm_i[:, None])
+            valid = rmask[:, None] & cmask[None, :]
+            ptr = rows[:, None] * (H * K) + off + cols[None, :]
+            tl.store(qe + ptr, (qs * tl.exp(b)).to(qe.dtype.element_ty), mask=valid)
+            tl.store(ke + ptr, (kb * tl.exp(b_last[None, :] - b)).to(ke.dtype.element_ty), mask=valid)
+            tl.store(dec + ((tl.load(coff + seq) + c) * H + h) * K + cols, tl.exp(b_last), mask=cmask)
+            ref = tl.zeros_like(b)
+            for i in tl.static_range(NSUB):  # m_i per column, and each row's m
+                lo = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
+                hi = tl.sum(tl.where(rl[:, None] < (i + 1) * SUB, loga, 0.0), axis=0)
+                strong = tl.maximum(strong, tl.max(lo - hi, axis=0))
+                ref = tl.where((sub == i)[:, None], (0.5 * (lo + hi))[None, :], ref)
+            qg = qs * tl.exp(tl.minimum(b - ref, HALF))
+            for i in tl.static_range(NSUB):
+                m_i = tl.sum(tl.where((rl == i * SUB)[:, None], ref, 0.0), axis=0)
+                kg = tl.where((rl < (i + 1) * SUB)[:, None], kb * tl.exp(tl.minimum(m_i[None, :] - b, HALF)), 0.0)
+                acc += mm_tf32(tl.where((sub == i)[:, None], qg, 0.0), tl.trans(kg), LOWP)
+        a_ptr = A + (t0 + rl)[:, None] * (H * C) + h * C + rl[None, :]
+        amask = (t0 + rl < eos)[:, None]
+        if strong <= LIM:
+            tl.store(a_ptr, tl.where(rl[:, None] >= rl[None, :], acc, 0.0).to(A.dtype.element_ty), mask=amask)
+        else:
+            sl = tl.arange(0, SUB)
+            for i in tl.static_range(NSUB):
+                a_off, a_d = _sub_chunk_scores(q + off, k + off, gp + off, tp + off, t0, eos, i, rn, s_qk, s_g,
+                                               scale, eps, K, C, BKS)  # fmt: skip
+                row_ptr = A + (t0 + i * SUB + sl)[:, None] * (H * C) + h * C
+                rm_i = (t0 + i * SUB + sl < eos)[:, None]
+                outside = (rl < i * SUB) | (rl >= (i + 1) * SUB)
+                tl.store(row_ptr + rl[None, :], a_off.to(A.dtype.element_ty), mask=rm_i & outside[None, :])
+                tl.store(row_ptr + i * SUB + sl[None, :], a_d.to(A.dtype.element_ty), mask=rm_i)
 
 
 @triton.jit
@@ -247,16 +290,21 @@ def _walk_step(a, b, dec, xbuf, X, c, bos, eos, c0, h, kk, km, vv, vm, smask, V,
 
 @triton.jit
 def _chunk_out(v, o, qe, A, S, h, rows, rm, kk, km, vv, vm, V,
-               H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr):
+               H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, LOWP: tl.constexpr, FAST: tl.constexpr = False):
     """o = qe S + A v for one chunk's rows and V block (S: the chunk-start state block); returns the v tile,
-    which the fused walk's state update reads too."""
+    which the fused walk's state update reads too. FAST: bf16 products (qe, A stored so) and bf16 dots."""
     rl = tl.arange(0, C)
     vmask = rm[:, None] & vm[None, :]
     v_ptr = rows[:, None] * (H * V) + h * V + vv[None, :]
     v_c = tl.load(v + v_ptr, mask=vmask, other=0.0)
-    qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
-    a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
-    out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
+    if FAST:
+        qe_c = tl.load(qe + h * K + rows[:, None] * (H * K) + kk[None, :], mask=rm[:, None] & km[None, :], other=0.0)
+        a_c = tl.load(A + h * C + rows[:, None] * (H * C) + rl[None, :], mask=rm[:, None], other=0.0)
+        out = mm(a_c, v_c, True) + mm(qe_c, S, True)
+    else:
+        qe_c = _load_rows(qe + h * K, rows, kk, rm, km, H * K)
+        a_c = _load_rows(A + h * C, rows, rl, rm, rl < C, H * C)
+        out = mm_tf32(qe_c, S, LOWP) + mm_tf32(a_c, v_c, LOWP)
     tl.store(o + v_ptr, out.to(o.dtype.element_ty), mask=vmask)
     return v_c
 
@@ -282,6 +330,7 @@ def _fwd(
     HAS_INIT: tl.constexpr,
     STORE_FINAL: tl.constexpr,
     LOWP: tl.constexpr,
+    FAST: tl.constexpr = False,
 ):
     h, bos, eos, c0, nch, kk, vv, km, vm, smask, s_ptr, S = _walk_start(
         h0, cu, coff, 0, tl.program_id(0), tl.program_id(1), H, K, V, C, BK, BV, HAS_INIT
@@ -290,10 +339,15 @@ def _fwd(
     for c in range(0, nch):
         rows = bos + c * C + rl
         rm = rows < eos
-        ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
         d_c = tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=0.0)
-        v_c = _chunk_out(v, o, qe, A, S, h, rows, rm, kk, km, vv, vm, V, H, K, C, LOWP)
-        S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
+        v_c = _chunk_out(v, o, qe, A, S, h, rows, rm, kk, km, vv, vm, V, H, K, C, LOWP, FAST)
+        if FAST:  # ke read transposed, [K, C], straight into the dot
+            ke_t = tl.load(ke + h * K + rows[None, :] * (H * K) + kk[:, None], mask=rm[None, :] & km[:, None],
+                           other=0.0)
+            S = d_c[:, None] * S + mm(ke_t, v_c, True)
+        else:
+            ke_c = _load_rows(ke + h * K, rows, kk, rm, km, H * K)
+            S = d_c[:, None] * S + mm_tf32(tl.trans(ke_c), v_c, LOWP)
     if STORE_FINAL:
         tl.store(hT + s_ptr, S, mask=smask)
 
@@ -316,6 +370,7 @@ def _fwd_chunk(
     BK: tl.constexpr,
     BV: tl.constexpr,
     LOWP: tl.constexpr,
+    FAST: tl.constexpr = False,
 ):
     """o = qe S_c + A v for one chunk and V block, from the chunk-start state :func:`_walk` stored."""
     pid = tl.program_id(0)
@@ -329,7 +384,7 @@ def _fwd_chunk(
         vm = vv < V
         S = tl.load(hbuf + ((ch * H + h) * K + kk[:, None]) * V + vv[None, :], mask=km[:, None] & vm[None, :],
                     other=0.0)
-        _chunk_out(v, o, qe, A, S, h, rows, rm, kk, km, vv, vm, V, H, K, C, LOWP)
+        _chunk_out(v, o, qe, A, S, h, rows, rm, kk, km, vv, vm, V, H, K, C, LOWP, FAST)
 
 
 @triton.jit

@@ -1,0 +1,102 @@
+"""The DDTS forward without gradients (prefill, evaluation) against its memory floor, per launch setting.
+
+For each ``LAUNCH`` variant (JSON, merged into ``rodimus.ops.triton.ddts.LAUNCH`` per entry) this prints the
+eager time, the time as a captured CUDA graph (the GPU's own time: an eager call of a few kernels is bounded
+by the host here), the ratio to the floor (q, k, g_pre, tau_pre, v read once and o written, at the copy
+bandwidth measured in the same run) and the kernels' times from ``torch.profiler``; first ``_prep`` alone,
+with float32 and with bf16 products. Shapes: bf16, K 64, V 4096, B8 T2048 and B2 T8192.
+
+    python benchmarks/ddts_forward.py
+    python benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_programs": 0, "BV": 64}}, {"prep": {"BK": 16}}]'
+    python benchmarks/ddts_forward.py --smoke        # CPU check of the script (Triton interpreter, toy sizes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from bench_kernels import bench, graphed
+from torch.profiler import ProfilerActivity, profile
+
+from rodimus.ops.triton import ddts as tri
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a 1 GiB device copy (read + write)."""
+    x = torch.empty(512 * 2**20, device="cuda", dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    return 2 * x.numel() * 2 / (bench(lambda: y.copy_(x)) * 1e-3)
+
+
+def kernel_times(fn, calls: int = 5) -> str:
+    """The five longest kernels of ``fn``, microseconds per call."""
+    cpu = not torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU if cpu else ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        if not cpu:
+            torch.cuda.synchronize()
+    rows = [(e.key, e.device_time_total / calls) for e in prof.key_averages() if e.device_time_total > 0]
+    rows.sort(key=lambda r: -r[1])
+    return ", ".join(f"{name[:12]} {us:.0f}" for name, us in rows[:5])
+
+
+def run_shape(B: int, T: int, K: int, V: int, variants: list[dict], bw: float, smoke: bool) -> None:
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def timed(fn):
+        if smoke:
+            fn()
+            return float("nan")
+        return bench(fn, 10, 60)
+
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v, gp, tp = (
+        (torch.randn(B, T, 1, n, device=dev, generator=g) * scale).bfloat16()
+        for n, scale in ((K, 1.0), (K, 1.0), (V, 1.0), (K, 2.0), (K, 1.0))
+    )
+    flat = [x.reshape(B * T, 1, K) for x in (q, k, gp, tp)]
+    seqs = tri._sequences(None, B, T, 64, q.device)
+    for dt in (torch.float32, torch.bfloat16):
+        ms = timed(lambda dt=dt: tri._prep(*flat, seqs, K**-0.5, 1e-12, 64, dt))
+        print(f"B{B} T{T} _prep alone, {str(dt)[6:]} products: {ms * 1e3:.1f} us", flush=True)
+
+    def forward():
+        with torch.no_grad():
+            return tri.ddts_triton(q, k, v, gp, tp, chunk_size=64)
+
+    floor_us = B * T * (4 * K + 2 * V) * 2 / bw * 1e6
+    base = {name: dict(cfg) for name, cfg in tri.LAUNCH.items()}
+    for var in variants:
+        for name, cfg in base.items():
+            tri.LAUNCH[name] = dict(cfg, **var.get(name, {}))
+        eager = timed(forward)
+        graph = float("nan") if smoke else bench(graphed(forward), 10, 60)
+        print(
+            f"B{B} T{T} {json.dumps(var)}: eager {eager * 1e3:.0f} us, graph {graph * 1e3:.0f} us = "
+            f"{graph * 1e3 / floor_us:.2f}x the {floor_us:.0f} us floor | {kernel_times(forward)}",
+            flush=True,
+        )
+    for name, cfg in base.items():
+        tri.LAUNCH[name] = dict(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("variants", nargs="?", default="[{}]", help="JSON list of LAUNCH overrides")
+    p.add_argument("--smoke", action="store_true", help="toy sizes, one call each, no timing (CPU check)")
+    args = p.parse_args(argv)
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("ddts_forward needs a CUDA GPU (or --smoke)")
+    bw = float("nan")
+    if not args.smoke:
+        bw = copy_bandwidth()
+        print(f"{torch.cuda.get_device_name()}: copy {bw / 1e12:.2f} TB/s")
+    for B, T in [(1, 128)] if args.smoke else [(8, 2048), (2, 8192)]:
+        run_shape(B, T, 64, 128 if args.smoke else 4096, json.loads(args.variants), bw, args.smoke)
+
+
+if __name__ == "__main__":
+    main()
