@@ -335,17 +335,26 @@ def bench_layer(B, T, deadline, d_model=2048, mem_size=64):
         print(f"ratio fla_layer/ours {shape}: fwd {a[0] / b[0]:.2f}x, fwd+bwd {a[1] / b[1]:.2f}x")
 
 
-def profile_table(fn, steps: int, rows: int = 40) -> None:
-    """Per-kernel GPU time of ``fn`` averaged over ``steps`` calls: where a layer's milliseconds go."""
+def kernel_events(fn, steps: int) -> list:
+    """``torch.profiler`` events of the kernels ``fn`` runs in ``steps`` calls, longest first (on a machine
+    without CUDA, for scripts' CPU checks, whatever the CPU profiler counts as device time: nothing)."""
     from torch.profiler import ProfilerActivity, profile
 
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             fn()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
-    events.sort(key=lambda e: -e.device_time_total)
+    return sorted(events, key=lambda e: -e.device_time_total)
+
+
+def profile_table(fn, steps: int, rows: int = 40) -> None:
+    """Per-kernel GPU time of ``fn`` averaged over ``steps`` calls: where a layer's milliseconds go."""
+    events = kernel_events(fn, steps)
     total = sum(e.device_time_total for e in events) / steps
     print(f"profile: {total / 1e3:.3f} ms of kernels per call")
     for e in events[:rows]:

@@ -17,30 +17,14 @@ import argparse
 import json
 
 import torch
-from bench_kernels import bench, graphed
-from torch.profiler import ProfilerActivity, profile
+from bench_kernels import bench, ceilings, graphed, kernel_events
 
 from rodimus.ops.triton import ddts as tri
 
 
-def copy_bandwidth() -> float:
-    """Bytes per second of a 1 GiB device copy (read + write)."""
-    x = torch.empty(512 * 2**20, device="cuda", dtype=torch.bfloat16)
-    y = torch.empty_like(x)
-    return 2 * x.numel() * 2 / (bench(lambda: y.copy_(x)) * 1e-3)
-
-
 def kernel_times(fn, calls: int = 5) -> str:
     """The five longest kernels of ``fn``, microseconds per call."""
-    cpu = not torch.cuda.is_available()
-    with profile(activities=[ProfilerActivity.CPU if cpu else ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        if not cpu:
-            torch.cuda.synchronize()
-    rows = [(e.key, e.device_time_total / calls) for e in prof.key_averages() if e.device_time_total > 0]
-    rows.sort(key=lambda r: -r[1])
-    return ", ".join(f"{name[:12]} {us:.0f}" for name, us in rows[:5])
+    return ", ".join(f"{e.key[:12]} {e.device_time_total / calls:.0f}" for e in kernel_events(fn, calls)[:5])
 
 
 def run_shape(B: int, T: int, K: int, V: int, variants: list[dict], bw: float, smoke: bool) -> None:
@@ -92,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("ddts_forward needs a CUDA GPU (or --smoke)")
     bw = float("nan")
     if not args.smoke:
-        bw = copy_bandwidth()
-        print(f"{torch.cuda.get_device_name()}: copy {bw / 1e12:.2f} TB/s")
+        print(torch.cuda.get_device_name())
+        bw = ceilings()[0] * 1e12  # bytes/s of a 1 GiB copy
     for B, T in [(1, 128)] if args.smoke else [(8, 2048), (2, 8192)]:
         run_shape(B, T, 64, 128 if args.smoke else 4096, json.loads(args.variants), bw, args.smoke)
 

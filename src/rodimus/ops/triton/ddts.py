@@ -444,14 +444,11 @@ def ddts_triton(
         )
         o = ddts_decode_(q, k, v, g_pre, tau_pre, state, scale=scale, eps=eps)
         return o, state if output_final_state else None
-    # needs_input_grad inside forward ignores torch.no_grad, so a no-grad call on leaves that require
-    # grad would take the training path (float32 products, stored states)
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, g_pre, tau_pre, initial_state)
-    )
+    # passed in: needs_input_grad inside forward ignores torch.no_grad, so a no-grad call on leaves that
+    # require grad would take the training path (float32 products, stored states)
     return _DDTSFunction.apply(
         q, k, v, g_pre, tau_pre, initial_state, cu_seqlens, scale, float(eps),
-        _kernel_chunk(DEFAULT_CHUNK if chunk_size is None else chunk_size), bool(output_final_state), grad,
+        _kernel_chunk(DEFAULT_CHUNK if chunk_size is None else chunk_size), bool(output_final_state), needs_grad,
     )
 
 

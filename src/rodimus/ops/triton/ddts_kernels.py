@@ -139,6 +139,24 @@ def _pair_decay(b_i, sl):
     return tl.exp(tl.where(causal, b_i[:, None, :] - b_i[None, :, :], float("-inf")))
 
 
+@triton.jit
+def _sub_chunk_gates(q, k, gp, tp, t0, eos, i, rn, cols, cmask, loga, s_qk, s_g, scale, eps, C: tl.constexpr):
+    """Sub-chunk i's rows of a chunk from ``t0`` (``loga``: the whole chunk's log alpha for ``cols``) ->
+    (rows, row mask, their :func:`_load_gates` results, the log-decay before the sub-chunk, their running
+    log-decay b)."""
+    rl = tl.arange(0, C)
+    sl = tl.arange(0, SUB)
+    rows_i = t0 + i * SUB + sl
+    rm_i = rows_i < eos
+    rn_i = tl.sum(tl.where(rl[None, :] == i * SUB + sl[:, None], rn[None, :], 0.0), axis=1)
+    loga_i, kb_i, kh_i, beta_i, g_i, tau_i, _, qs_i = _load_gates(
+        q, k, gp, tp, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps, rn_i
+    )
+    prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
+    b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
+    return rows_i, rm_i, loga_i, kb_i, kh_i, beta_i, g_i, tau_i, qs_i, prefix, b_i
+
+
 LIM = tl.constexpr(80.0)  # the largest log-decay across one sub-chunk that _prep's one-dot form takes
 
 
@@ -150,19 +168,14 @@ def _sub_chunk_scores(q, k, gp, tp, t0, eos, i, rn, s_qk, s_g, scale, eps,
     e^(b_t - b_s) for s <= t. Returns (the [SUB, C] rows left of the diagonal block, that block)."""
     rl = tl.arange(0, C)
     sl = tl.arange(0, SUB)
-    rows_i = t0 + i * SUB + sl
-    rm_i = rows_i < eos
-    rn_i = tl.sum(tl.where(rl[None, :] == i * SUB + sl[:, None], rn[None, :], 0.0), axis=1)
     earlier = rl[:, None] < i * SUB
     a_off = tl.zeros([SUB, C], tl.float32)
     a_d = tl.zeros([SUB, SUB], tl.float32)
     for k0 in range(0, K, BKS):
         _, _, _, cols, cmask, loga, kb, _, b, _ = _chunk_decay(q, k, gp, tp, t0, eos, s_qk, s_g, scale, eps, K, C,
                                                                BKS, k0, rn)  # fmt: skip
-        loga_i, kb_i, _, _, _, _, _, qs_i = _load_gates(q, k, gp, tp, rows_i, cols, rm_i, cmask, s_qk, s_g, scale,
-                                                        eps, rn_i)  # fmt: skip
-        prefix = tl.sum(tl.where(earlier, loga, 0.0), axis=0)
-        b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
+        _, _, _, kb_i, _, _, _, _, qs_i, prefix, b_i = _sub_chunk_gates(q, k, gp, tp, t0, eos, i, rn, cols, cmask,
+                                                                        loga, s_qk, s_g, scale, eps, C)  # fmt: skip
         qg = qs_i * tl.exp(b_i - prefix[None, :])
         kg = kb * tl.exp(tl.where(earlier, prefix[None, :] - b, float("-inf")))
         a_off += mm(qg, tl.trans(kg), False)
@@ -674,15 +687,10 @@ def _bwd_intra(
         )
         sl = tl.arange(0, SUB)
         for i in tl.static_range(C // SUB):
-            rows_i = t0 + i * SUB + sl
-            rm_i = rows_i < eos
-            v_i = rm_i[:, None] & cmask[None, :]
-            rn_i = tl.sum(tl.where(rl[None, :] == i * SUB + sl[:, None], rn[None, :], 0.0), axis=1)
-            loga_i, kb_i, kh_i, beta_i, g_i, tau_i, _, qs_i = _load_gates(
-                q + off, k + off, gp + off, tp + off, rows_i, cols, rm_i, cmask, s_qk, s_g, scale, eps, rn_i
+            rows_i, rm_i, loga_i, kb_i, kh_i, beta_i, g_i, tau_i, qs_i, prefix, b_i = _sub_chunk_gates(
+                q + off, k + off, gp + off, tp + off, t0, eos, i, rn, cols, cmask, loga, s_qk, s_g, scale, eps, C
             )
-            prefix = tl.sum(tl.where(rl[:, None] < i * SUB, loga, 0.0), axis=0)
-            b_i = prefix[None, :] + tl.cumsum(loga_i, axis=0)
+            v_i = rm_i[:, None] & cmask[None, :]
             r_i = prefix + tl.sum(loga_i, axis=0)  # b at this sub-chunk's last row
             # inter-chunk parts, from the V-reduced partials
             dqs = tl.exp(b_i) * _sum_partials(dQp + off, rows_i, cols, rm_i, cmask, H * K, TT * H * K, NV)
