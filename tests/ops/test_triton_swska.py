@@ -26,6 +26,19 @@ CASES = [  # B, T, S, H, D, Dv, window, dtype, key_mask, cu_seqlens
     pytest.param(1, 33, 33, 1, 16, 16, 1, torch.float32, False, None, id="B1-T33-H1-W1-fp32"),
     pytest.param(2, 70, 70, 4, 32, 32, 20, torch.bfloat16, True, None, id="B2-T70-H4-D32-W20-keymask-bf16"),
 ]
+# 16-row tiles against windows of several tiles: most tile pairs are then interior (no mask built), and
+# the edges of the band, of documents and of T cut the rest
+SMALL_TILES = [
+    pytest.param(2, 100, 100, 2, 16, 16, 40, torch.float32, False, None, id="B2-T100-W40-fp32"),
+    pytest.param(1, 50, 120, 2, 16, 16, 50, torch.float32, False, None, id="B1-T50-S120-W50-fp32"),
+    pytest.param(
+        1, 120, 120, 2, 16, 16, 37, torch.float32, False, [0, 7, 55, 55, 120], id="packed-T120-W37-fp32"
+    ),
+    pytest.param(  # a document ends inside the window of a key tile wholly within it
+        1, 130, 130, 1, 16, 16, 60, torch.float32, False, [0, 40, 40, 97, 130], id="packed-T130-W60-fp32"
+    ),
+    pytest.param(1, 97, 97, 3, 32, 32, 60, torch.bfloat16, False, [0, 97], id="packed1-T97-W60-bf16"),
+]
 
 
 def _close(name, actual, expected, *, rel):
@@ -34,6 +47,20 @@ def _close(name, actual, expected, *, rel):
 
 @pytest.mark.parametrize("B,T,S,H,D,DV,W,dtype,km,cu", CASES)
 def test_forward_and_every_gradient(B, T, S, H, D, DV, W, dtype, km, cu):
+    _check(B, T, S, H, D, DV, W, dtype, km, cu)
+
+
+@pytest.mark.parametrize("B,T,S,H,D,DV,W,dtype,km,cu", SMALL_TILES)
+def test_interior_tiles(monkeypatch, B, T, S, H, D, DV, W, dtype, km, cu):
+    from rodimus.ops.triton import swska as tri
+
+    tiles = {name: dict(cfg, BM=16, BN=16) for name, cfg in tri.LAUNCH.items()}
+    tiles["dkdv"]["BN"] = 32  # key tiles wider than query tiles: their bounds are found separately
+    monkeypatch.setattr(tri, "LAUNCH", tiles)
+    _check(B, T, S, H, D, DV, W, dtype, km, cu)
+
+
+def _check(B, T, S, H, D, DV, W, dtype, km, cu):
     g = torch.Generator().manual_seed(0)
 
     def r(*shape):

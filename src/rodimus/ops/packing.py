@@ -107,6 +107,16 @@ def document_starts(cu_seqlens: torch.Tensor, total: int, device: torch.device) 
     return derived(cu_seqlens, ("doc_start", total, device), make)
 
 
+def document_ends(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """int32 [total]: one past the last row of each packed row's document (shared like the starts)."""
+
+    def make():
+        cu = cu_seqlens.to(device)
+        return cu[seq_index(cu, total) + 1].to(torch.int32).contiguous()
+
+    return derived(cu_seqlens, ("doc_end", total, device), make)
+
+
 def pad_cu_seqlens(cu_seqlens: torch.Tensor, n_docs: int) -> torch.Tensor | None:
     """[N + 1] offsets -> [n_docs + 1] by appending empty documents at the end; None when N > n_docs.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rodimus.ops.packing import document_starts
+from rodimus.ops.packing import document_ends, document_starts
 from rodimus.ops.swska.blocked import swska_blocked
 from rodimus.ops.swska.common import check_swska_inputs
 from rodimus.ops.triton import swska_kernels as kern
@@ -13,12 +13,23 @@ from rodimus.ops.triton._common import cdiv, next_pow2
 _LOWP = (torch.bfloat16, torch.float16)
 _TARGET_PROGRAMS = 264  # about two per multiprocessor of an H100/H200
 
+# per kernel: query tile BM, key tile BN (powers of two >= 16), warps, pipeline stages; read at each call,
+# so benchmarks can try others. A caller's block_size replaces BM, and T <= 16 takes BM 16.
+LAUNCH = {
+    "fwd": dict(BM=64, BN=64, num_warps=4, num_stages=2),
+    "dq": dict(BM=64, BN=64, num_warps=4, num_stages=2),
+    "dkdv": dict(BM=64, BN=64, num_warps=4, num_stages=2),
+}
 
-def _blocks(T: int, block_size: int | None) -> tuple[int, int]:
-    bm = 16 if T <= 16 else 64
+
+def _blocks(kernel: str, T: int, block_size: int | None) -> tuple[int, int, dict]:
+    cfg = dict(LAUNCH[kernel])
+    bm, bn = cfg.pop("BM"), cfg.pop("BN")
     if block_size:
         bm = min(128, next_pow2(block_size, 16))
-    return bm, 64
+    if T <= 16:
+        bm = 16
+    return bm, bn, cfg
 
 
 def _consts(q, v, BM: int, BN: int, km, dstart) -> dict:
@@ -34,18 +45,19 @@ def _meta(q, k, v, key_mask, cu_seqlens):
     B, T, H, D = q.shape
     S = k.shape[1]
     km = key_mask.to(device=q.device, dtype=torch.int8).contiguous() if key_mask is not None else None
-    dstart = None
-    if cu_seqlens is not None:
-        dstart = document_starts(cu_seqlens, T, q.device)
-    return B, T, H, D, S, v.shape[-1], km, dstart
+    docs = None
+    if cu_seqlens is not None:  # first row and one past the last row of each row's document
+        docs = (document_starts(cu_seqlens, T, q.device), document_ends(cu_seqlens, T, q.device))
+    return B, T, H, D, S, v.shape[-1], km, docs
 
 
 class _SWSKAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, key_mask, cu_seqlens, window, scale, block_size):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        B, T, H, D, S, DV, km, dstart = _meta(q, k, v, key_mask, cu_seqlens)
-        BM, BN = _blocks(T, block_size)
+        B, T, H, D, S, DV, km, docs = _meta(q, k, v, key_mask, cu_seqlens)
+        dstart, dend = docs if docs is not None else (None, None)
+        BM, BN, cfg = _blocks("fwd", T, block_size)
         o = torch.empty(B, T, H, DV, device=q.device, dtype=q.dtype)
         lse = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
         dummy = lse
@@ -62,33 +74,32 @@ class _SWSKAFunction(torch.autograd.Function):
             window,
             scale,
             **_consts(q, v, BM, BN, km, dstart),
-            num_warps=4,
-            num_stages=2,
+            **cfg,
         )
-        ctx.save_for_backward(q, k, v, o, lse, km, dstart)
+        ctx.save_for_backward(q, k, v, o, lse, km, dstart, dend)
         ctx.meta = (window, scale, block_size)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, km, dstart = ctx.saved_tensors
+        q, k, v, o, lse, km, dstart, dend = ctx.saved_tensors
         window, scale, block_size = ctx.meta
         B, T, H, D = q.shape
         S = k.shape[1]
-        BM, BN = _blocks(T, block_size)
         do = do.contiguous()
         delta = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
         if B * T:
             DV = o.shape[-1]
             kern._bwd_delta[(B * T,)](o, do, delta, T, H=H, DV=DV, BH=next_pow2(H), BDV=next_pow2(DV), num_warps=4)
         dummy = lse
-        common = _consts(q, v, BM, BN, km, dstart)
         kmp = km if km is not None else dummy
         dsp = dstart if dstart is not None else dummy
         dq = torch.empty_like(q)
+        BM, BN, cfg = _blocks("dq", T, block_size)
         kern._bwd_dq[(cdiv(T, BM), B * H)](
-            q, k, v, do, lse, delta, dq, kmp, dsp, T, S, window, scale, **common, num_warps=4, num_stages=2
+            q, k, v, do, lse, delta, dq, kmp, dsp, T, S, window, scale, **_consts(q, v, BM, BN, km, dstart), **cfg
         )
+        BM, BN, cfg = _blocks("dkdv", T, block_size)
         n_kb = cdiv(S, BN)
         groups = max(1, min(H, _TARGET_PROGRAMS // max(1, n_kb * B)))
         hpg = cdiv(H, groups)
@@ -106,14 +117,14 @@ class _SWSKAFunction(torch.autograd.Function):
             dv,
             kmp,
             dsp,
+            dend if dend is not None else dummy,
             T,
             S,
             window,
             scale,
             hpg,
-            **common,
-            num_warps=4,
-            num_stages=2,
+            **_consts(q, v, BM, BN, km, dstart),
+            **cfg,
         )
         return dq, dkp.sum(0).to(k.dtype), dv, None, None, None, None, None
 

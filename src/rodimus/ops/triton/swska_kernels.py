@@ -2,8 +2,12 @@
 
 Query row t (absolute position p = S - T + t) sees keys s with lo_t <= s <= p, lo_t = max(p - window,
 document start), and key_mask[s]. Every loop runs only over key blocks that band can reach, so the
-work is O(T x window). The softmax is online (running max and sum, float32); the backward recomputes
-the probabilities from the saved log-sum-exp.
+work is O(T x window). The softmax is online (running max and sum, float32, in base 2 so each
+probability is one ``exp2``); the backward recomputes the probabilities from the saved log-sum-exp.
+
+Most tile pairs lie wholly inside the band. Each loop runs in three parts: the tiles the band's edges
+cut (masked), then the interior ones (no mask built), then the edge again. With a key mask every tile
+is masked.
 
 * ``_fwd``: one program per (query block, batch, head).
 * ``_bwd_delta``: per row and head, sum_d o * dO in float32 (the softmax backward's row term).
@@ -62,13 +66,49 @@ def _kv_tile(k, v, b, h, s, d, dv, S, H: tl.constexpr, D: tl.constexpr, DV: tl.c
     return _head_rows(k, b, s, 0, S, 1, d, D), _head_rows(v, b, s, h, S, H, dv, DV)
 
 
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
 @triton.jit
-def _scores(q_t, k_t, s, p, lo, S, b, km, scale, HAS_KM: tl.constexpr, LOWP: tl.constexpr):
+def _scores(q_t, k_t, s, p, lo, S, b, km, scale, HAS_KM: tl.constexpr, LOWP: tl.constexpr, MASKED: tl.constexpr):
+    """Scores times ``scale`` (callers pass scale * log2 e), -inf outside the band when MASKED."""
     sc = mm(q_t, tl.trans(k_t), LOWP) * scale
+    if not MASKED:
+        return sc
     vis = (s[None, :] >= lo[:, None]) & (s[None, :] <= p[:, None]) & (s < S)[None, :]
     if HAS_KM:
         vis = vis & (tl.load(km + b * S + s, mask=s < S, other=0) != 0)[None, :]
     return tl.where(vis, sc, float("-inf"))
+
+
+@triton.jit
+def _interior_keys(tm, lo, S, T, pid_m, k_lo, k_hi, BM: tl.constexpr, BN: tl.constexpr, HAS_KM: tl.constexpr):
+    """[a, b) within [k_lo, k_hi): the key tiles every row of this query block sees whole."""
+    if HAS_KM:
+        return k_hi, k_hi
+    lo_max = tl.max(tl.where(tm, lo, 0), axis=0)
+    a = tl.minimum(tl.maximum((lo_max + BN - 1) // BN * BN, k_lo), k_hi)
+    # the first row's position bounds the tile from above; a tile past S is cut by it
+    first = tl.minimum(S - T + pid_m * BM + 1, S)
+    b = tl.maximum(tl.minimum(first // BN * BN, k_hi), a)
+    return a, b
+
+
+@triton.jit
+def _fwd_tile(acc, m_i, l_i, q_t, k, v, b, h, s0, p, lo, d, dv, S, km, qk_scale, H: tl.constexpr,
+              D: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr, HAS_KM: tl.constexpr, LOWP: tl.constexpr,
+              MASKED: tl.constexpr):
+    s = s0 + tl.arange(0, BN)
+    k_t, v_t = _kv_tile(k, v, b, h, s, d, dv, S, H, D, DV)
+    sc = _scores(q_t, k_t, s, p, lo, S, b, km, qk_scale, HAS_KM, LOWP, MASKED)
+    m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    pr = tl.exp2(sc - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(pr, axis=1)
+    acc = acc * alpha[:, None] + mm(pr, v_t, LOWP)
+    return acc, m_new, l_i
 
 
 @triton.jit
@@ -100,18 +140,18 @@ def _fwd(
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.zeros([BM], tl.float32)
     acc = tl.zeros([BM, BDV], tl.float32)
+    qk_scale = scale * LOG2E
     k_lo, k_hi = _key_range(tm, lo, S, T, tl.program_id(0), BM, BN)
-    for s0 in range(k_lo, k_hi, BN):
-        s = s0 + tl.arange(0, BN)
-        k_t, v_t = _kv_tile(k, v, b, h, s, d, dv, S, H, D, DV)
-        sc = _scores(q_t, k_t, s, p, lo, S, b, km, scale, HAS_KM, LOWP)
-        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        pr = tl.exp(sc - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(pr, axis=1)
-        acc = acc * alpha[:, None] + mm(pr, v_t, LOWP)
-        m_i = m_new
+    a, z = _interior_keys(tm, lo, S, T, tl.program_id(0), k_lo, k_hi, BM, BN, HAS_KM)
+    for s0 in range(k_lo, a, BN):
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q_t, k, v, b, h, s0, p, lo, d, dv, S, km, qk_scale, H, D, DV, BN,
+                                  HAS_KM, LOWP, True)
+    for s0 in range(a, z, BN):
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q_t, k, v, b, h, s0, p, lo, d, dv, S, km, qk_scale, H, D, DV, BN,
+                                  HAS_KM, LOWP, False)
+    for s0 in range(z, k_hi, BN):
+        acc, m_i, l_i = _fwd_tile(acc, m_i, l_i, q_t, k, v, b, h, s0, p, lo, d, dv, S, km, qk_scale, H, D, DV, BN,
+                                  HAS_KM, LOWP, True)
     has = l_i > 0.0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     tl.store(
@@ -119,7 +159,8 @@ def _fwd(
         out.to(o.dtype.element_ty),
         mask=tm[:, None] & (dv < DV)[None, :],
     )
-    tl.store(lse + (b * H + h) * T + t, tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), 0.0), mask=tm)
+    lse_t = (m_i + tl.log2(tl.where(has, l_i, 1.0))) * LN2  # natural units
+    tl.store(lse + (b * H + h) * T + t, tl.where(has, lse_t, 0.0), mask=tm)
 
 
 @triton.jit
@@ -169,15 +210,32 @@ def _bwd_dq(
     do_t = _head_rows(do, b, t, h, T, H, dv, DV)
     lse_t = tl.load(lse + (b * H + h) * T + t, mask=tm, other=0.0)
     dl_t = tl.load(delta + (b * H + h) * T + t, mask=tm, other=0.0)
+    lse_t = lse_t * LOG2E
+    qk_scale = scale * LOG2E
     acc = tl.zeros([BM, BD], tl.float32)
     k_lo, k_hi = _key_range(tm, lo, S, T, tl.program_id(0), BM, BN)
-    for s0 in range(k_lo, k_hi, BN):
-        s = s0 + tl.arange(0, BN)
-        k_t, v_t = _kv_tile(k, v, b, h, s, d, dv, S, H, D, DV)
-        pr = tl.exp(_scores(q_t, k_t, s, p, lo, S, b, km, scale, HAS_KM, LOWP) - lse_t[:, None])
-        ds = pr * (mm(do_t, tl.trans(v_t), LOWP) - dl_t[:, None])
-        acc += mm(ds, k_t, LOWP)
+    a, z = _interior_keys(tm, lo, S, T, tl.program_id(0), k_lo, k_hi, BM, BN, HAS_KM)
+    for s0 in range(k_lo, a, BN):
+        acc = _dq_tile(acc, q_t, do_t, lse_t, dl_t, k, v, b, h, s0, p, lo, d, dv, S, km, qk_scale, H, D, DV, BN,
+                       HAS_KM, LOWP, True)
+    for s0 in range(a, z, BN):
+        acc = _dq_tile(acc, q_t, do_t, lse_t, dl_t, k, v, b, h, s0, p, lo, d, dv, S, km, qk_scale, H, D, DV, BN,
+                       HAS_KM, LOWP, False)
+    for s0 in range(z, k_hi, BN):
+        acc = _dq_tile(acc, q_t, do_t, lse_t, dl_t, k, v, b, h, s0, p, lo, d, dv, S, km, qk_scale, H, D, DV, BN,
+                       HAS_KM, LOWP, True)
     tl.store(dq + q_ptr, (acc * scale).to(dq.dtype.element_ty), mask=qmask)
+
+
+@triton.jit
+def _dq_tile(acc, q_t, do_t, lse_t, dl_t, k, v, b, h, s0, p, lo, d, dv, S, km, qk_scale, H: tl.constexpr,
+             D: tl.constexpr, DV: tl.constexpr, BN: tl.constexpr, HAS_KM: tl.constexpr, LOWP: tl.constexpr,
+             MASKED: tl.constexpr):
+    s = s0 + tl.arange(0, BN)
+    k_t, v_t = _kv_tile(k, v, b, h, s, d, dv, S, H, D, DV)
+    pr = tl.exp2(_scores(q_t, k_t, s, p, lo, S, b, km, qk_scale, HAS_KM, LOWP, MASKED) - lse_t[:, None])
+    ds = pr * (mm(do_t, tl.trans(v_t), LOWP) - dl_t[:, None])
+    return acc + mm(ds, k_t, LOWP)
 
 
 @triton.jit
@@ -192,6 +250,7 @@ def _bwd_dkdv(
     dvo,
     km,
     dstart,
+    dend,
     T,
     S,
     window,
@@ -218,34 +277,72 @@ def _bwd_dkdv(
     kmask = sm[:, None] & (d < D)[None, :]
     k_t = _head_rows(k, b, s, 0, S, 1, d, D)
     dk = tl.zeros([BN, BD], tl.float32)
+    qk_scale = scale * LOG2E
     # queries that can see this key block: positions s0 .. s0 + BN - 1 + window
-    t_lo = tl.maximum(pid_n * BN - (S - T), 0)
-    t_hi = tl.minimum(pid_n * BN + BN + window - (S - T), T)
+    off = S - T
+    s_min = pid_n * BN
+    s_max = tl.minimum(s_min + BN, S) - 1
+    t_lo = tl.maximum(s_min - off, 0)
+    t_hi = tl.minimum(s_max + window + 1 - off, T)
+    if HAS_DOC:  # rows past the end of the last key's document see none of this block (S == T here)
+        t_hi = tl.minimum(t_hi, tl.load(dend + s_max))
+    start = t_lo // BM * BM
+    # interior query blocks: every row sees every key of the block (rows in the block all < T, in the
+    # first key's document, at or past the last key, within the window of the first key)
+    a = tl.maximum((tl.maximum(s_max - off, 0) + BM - 1) // BM * BM, start)
+    z_end = tl.minimum(s_min + window + 1 - off, T)
+    if HAS_DOC:
+        z_end = tl.minimum(z_end, tl.load(dend + s_min))
+    z = tl.maximum(tl.maximum(z_end, 0) // BM * BM, a)
+    if HAS_KM:
+        a = start
+        z = start
+    if s_max - s_min + 1 < BN:  # the last key block, cut by S
+        a = start
+        z = start
+    a = tl.minimum(a, tl.maximum(t_hi, start))
+    z = tl.minimum(z, tl.maximum(t_hi, start))
     vmask = sm[:, None] & (dv < DV)[None, :]
     for hh in range(0, HPG):
         h = grp * HPG + hh
         if h < H:
             v_t = _head_rows(v, b, s, h, S, H, dv, DV)
             dv_acc = tl.zeros([BN, BDV], tl.float32)
-            for t0 in range((t_lo // BM) * BM, t_hi, BM):
-                t = t0 + tl.arange(0, BM)
-                tm = t < T
-                p, lo = _row_bounds(t, T, S, window, dstart, HAS_DOC)
-                q_t = _head_rows(q, b, t, h, T, H, d, D)
-                do_t = _head_rows(do, b, t, h, T, H, dv, DV)
-                lse_t = tl.load(lse + (b * H + h) * T + t, mask=tm, other=0.0)
-                dl_t = tl.load(delta + (b * H + h) * T + t, mask=tm, other=0.0)
-                sc = _scores(q_t, k_t, s, p, lo, S, b, km, scale, HAS_KM, LOWP)
-                pr = tl.where(tm[:, None], tl.exp(sc - lse_t[:, None]), 0.0)
-                dv_acc += mm(tl.trans(pr), do_t, LOWP)
-                ds = pr * (mm(do_t, tl.trans(v_t), LOWP) - dl_t[:, None])
-                dk += mm(tl.trans(ds), q_t, LOWP)
+            for t0 in range(start, a, BM):
+                dv_acc, dk = _dkdv_tile(dv_acc, dk, k_t, v_t, q, do, lse, delta, dstart, km, b, h, s, t0, T, S,
+                                        window, d, dv, qk_scale, H, D, DV, BM, HAS_KM, HAS_DOC, LOWP, True)
+            for t0 in range(a, z, BM):
+                dv_acc, dk = _dkdv_tile(dv_acc, dk, k_t, v_t, q, do, lse, delta, dstart, km, b, h, s, t0, T, S,
+                                        window, d, dv, qk_scale, H, D, DV, BM, HAS_KM, HAS_DOC, LOWP, False)
+            for t0 in range(z, t_hi, BM):
+                dv_acc, dk = _dkdv_tile(dv_acc, dk, k_t, v_t, q, do, lse, delta, dstart, km, b, h, s, t0, T, S,
+                                        window, d, dv, qk_scale, H, D, DV, BM, HAS_KM, HAS_DOC, LOWP, True)
             tl.store(
                 dvo + ((b * S + s[:, None]) * H + h) * DV + dv[None, :],
                 dv_acc.to(dvo.dtype.element_ty),
                 mask=vmask,
             )
     tl.store(dkp + ((grp * tl.num_programs(1) + b) * S + s[:, None]) * D + d[None, :], dk * scale, mask=kmask)
+
+
+@triton.jit
+def _dkdv_tile(dv_acc, dk, k_t, v_t, q, do, lse, delta, dstart, km, b, h, s, t0, T, S, window, d, dv, qk_scale,
+               H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, HAS_KM: tl.constexpr,
+               HAS_DOC: tl.constexpr, LOWP: tl.constexpr, MASKED: tl.constexpr):
+    t = t0 + tl.arange(0, BM)
+    tm = t < T
+    p, lo = _row_bounds(t, T, S, window, dstart, HAS_DOC)
+    q_t = _head_rows(q, b, t, h, T, H, d, D)
+    do_t = _head_rows(do, b, t, h, T, H, dv, DV)
+    lse_t = tl.load(lse + (b * H + h) * T + t, mask=tm, other=0.0) * LOG2E
+    dl_t = tl.load(delta + (b * H + h) * T + t, mask=tm, other=0.0)
+    pr = tl.exp2(_scores(q_t, k_t, s, p, lo, S, b, km, qk_scale, HAS_KM, LOWP, MASKED) - lse_t[:, None])
+    if MASKED:
+        pr = tl.where(tm[:, None], pr, 0.0)
+    dv_acc += mm(tl.trans(pr), do_t, LOWP)
+    ds = pr * (mm(do_t, tl.trans(v_t), LOWP) - dl_t[:, None])
+    dk += mm(tl.trans(ds), q_t, LOWP)
+    return dv_acc, dk
 
 
 __all__ = ["_bwd_dkdv", "_bwd_dq", "_fwd", "triton"]
