@@ -15,6 +15,9 @@ _TARGET_PROGRAMS = 264  # about two per multiprocessor of an H100/H200
 
 # per kernel: query tile BM, key tile BN (powers of two >= 16), warps, pipeline stages; read at each call,
 # so benchmarks can try others. A caller's block_size replaces BM, and T <= 16 takes BM 16.
+# H200 2026-12-07, B8 T2048 H16 D128 window 1024, fwd+bwd 1.44 ms with these; every variant tried was slower:
+# fwd BM 128 at 8 warps 1.52; dq BM 128 at 8 warps 1.53, 3 stages 1.58; dkdv 8 warps 2.04, BM 32 1.80,
+# BN 32 1.83, BN 128 at 8 warps 2.52, 3 stages 1.77 (docs/BENCHMARKS.md, twelfth session)
 LAUNCH = {
     "fwd": dict(BM=64, BN=64, num_warps=4, num_stages=2),
     "dq": dict(BM=64, BN=64, num_warps=4, num_stages=2),

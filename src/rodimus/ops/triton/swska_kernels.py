@@ -84,15 +84,15 @@ def _scores(q_t, k_t, s, p, lo, S, b, km, scale, HAS_KM: tl.constexpr, LOWP: tl.
 
 @triton.jit
 def _interior_keys(tm, lo, S, T, pid_m, k_lo, k_hi, BM: tl.constexpr, BN: tl.constexpr, HAS_KM: tl.constexpr):
-    """[a, b) within [k_lo, k_hi): the key tiles every row of this query block sees whole."""
+    """[a, z) within [k_lo, k_hi): the key tiles every row of this query block sees whole."""
     if HAS_KM:
         return k_hi, k_hi
     lo_max = tl.max(tl.where(tm, lo, 0), axis=0)
     a = tl.minimum(tl.maximum((lo_max + BN - 1) // BN * BN, k_lo), k_hi)
-    # the first row's position bounds the tile from above; a tile past S is cut by it
-    first = tl.minimum(S - T + pid_m * BM + 1, S)
-    b = tl.maximum(tl.minimum(first // BN * BN, k_hi), a)
-    return a, b
+    # interior tiles end at or before the first row's position + 1 (and before S)
+    end = tl.minimum(S - T + pid_m * BM + 1, S)
+    z = tl.maximum(tl.minimum(end // BN * BN, k_hi), a)
+    return a, z
 
 
 @triton.jit
