@@ -51,6 +51,15 @@ def graphed(fn):
     return graph.replay
 
 
+def graphed_ms(name: str, fn, warmup: int, rep: int) -> float:
+    """``bench`` of ``fn`` as a CUDA graph: its GPU time free of host launch costs (NaN if capture fails)."""
+    try:
+        return bench(graphed(fn), warmup=warmup, rep=rep)
+    except Exception as e:  # noqa: BLE001
+        print(f"{name}: CUDA-graph capture failed: {e!r}")
+        return float("nan")
+
+
 def record(group, name, shape, ms, **extra):
     row = dict(group=group, name=name, shape=shape, ms=round(ms, 4), **extra)
     RESULTS.append(row)
@@ -132,11 +141,8 @@ def bench_ddts(B, T, bw, tflops, deadline):
         t_fb = bench(fwd_bwd(fn, xs), warmup=5, rep=30)
         times[name] = (t_f, t_fb)
         extra = {}
-        if name in ("triton", "fla_chunk_gla"):  # GPU time alone, for the ratio free of host launch costs
-            try:
-                extra["fwd_bwd_graphed_ms"] = round(bench(graphed(fwd_bwd(fn, xs)), warmup=5, rep=30), 4)
-            except Exception as e:  # noqa: BLE001
-                print(f"ddts {name}: CUDA-graph capture failed: {e!r}")
+        if name in ("triton", "fla_chunk_gla"):
+            extra["fwd_bwd_graphed_ms"] = round(graphed_ms(f"ddts {name}", fwd_bwd(fn, xs), 5, 30), 4)
         record("ddts", name, shape, t_f, fwd_bwd_ms=round(t_fb, 4), **extra)
 
     def forward():
@@ -331,11 +337,7 @@ def bench_layer(B, T, deadline, d_model=2048, mem_size=64):
         torch.cuda.reset_peak_memory_stats()
         t_fb = bench(fb, warmup=3, rep=20)
         mem = torch.cuda.max_memory_allocated() / 2**30
-        try:  # the GPU time alone: eagerly the host's launches of ~100 kernels bound the wall
-            t_graph = bench(graphed(fb), warmup=3, rep=20)
-        except Exception as e:  # noqa: BLE001
-            print(f"layer {name}: CUDA-graph capture failed: {e!r}")
-            t_graph = float("nan")
+        t_graph = graphed_ms(f"layer {name}", fb, 3, 20)  # eagerly, the host's ~100 launches bound the wall
         times[name] = (t_f, t_fb, t_graph)
         record("layer", name, shape, t_f, fwd_bwd_ms=round(t_fb, 4), fwd_bwd_graphed_ms=round(t_graph, 4),
                peak_GiB=round(mem, 2))

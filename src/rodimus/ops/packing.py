@@ -99,22 +99,21 @@ def derived(cu_seqlens: torch.Tensor, key: tuple, fn: Callable[[], _T]) -> _T:
 
 def document_starts(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
     """int32 [total]: the first row of each packed row's document (shared inside :func:`shared_derived`)."""
-
-    def make():
-        cu = cu_seqlens.to(device)
-        return cu[seq_index(cu, total)].to(torch.int32).contiguous()
-
-    return derived(cu_seqlens, ("doc_start", total, device), make)
+    return _document_bound(cu_seqlens, total, device, 0)
 
 
 def document_ends(cu_seqlens: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
     """int32 [total]: one past the last row of each packed row's document (shared like the starts)."""
+    return _document_bound(cu_seqlens, total, device, 1)
 
-    def make():
-        cu = cu_seqlens.to(device)
-        return cu[seq_index(cu, total) + 1].to(torch.int32).contiguous()
 
-    return derived(cu_seqlens, ("doc_end", total, device), make)
+def _document_bound(cu_seqlens: torch.Tensor, total: int, device: torch.device, shift: int) -> torch.Tensor:
+    """cu[doc + shift] per row, the document index found once for starts and ends alike."""
+    cu = cu_seqlens.to(device)
+    doc = derived(cu_seqlens, ("doc_index", total, device), lambda: seq_index(cu, total))
+    return derived(
+        cu_seqlens, ("doc_bound", shift, total, device), lambda: cu[doc + shift].to(torch.int32).contiguous()
+    )
 
 
 def pad_cu_seqlens(cu_seqlens: torch.Tensor, n_docs: int) -> torch.Tensor | None:

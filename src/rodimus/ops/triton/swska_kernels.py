@@ -208,9 +208,8 @@ def _bwd_dq(
     q_ptr = ((b * T + t[:, None]) * H + h) * D + d[None, :]
     q_t = _head_rows(q, b, t, h, T, H, d, D)
     do_t = _head_rows(do, b, t, h, T, H, dv, DV)
-    lse_t = tl.load(lse + (b * H + h) * T + t, mask=tm, other=0.0)
+    lse_t = tl.load(lse + (b * H + h) * T + t, mask=tm, other=0.0) * LOG2E
     dl_t = tl.load(delta + (b * H + h) * T + t, mask=tm, other=0.0)
-    lse_t = lse_t * LOG2E
     qk_scale = scale * LOG2E
     acc = tl.zeros([BM, BD], tl.float32)
     k_lo, k_hi = _key_range(tm, lo, S, T, tl.program_id(0), BM, BN)
