@@ -243,6 +243,50 @@ def test_gate_mul_backward(activation, dtype):
         assert_close(f"{fn.__name__} y", y.cpu(), y_ref.detach(), rel=TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_low_rank_gate_mul(dtype, bias):
+    """sigmoid(xa W^T + b) * x and its backward (d a, d x, d xa; d x also with the low-rank path through
+    W_down), both forms, == float64 autograd; rank 6 (padded to 16 in the kernels), rows and columns not
+    multiples of the tiles, x a column slice."""
+    from rodimus.ops.gating import low_rank_gate_mul, low_rank_gate_mul_backward
+    from rodimus.ops.triton import low_rank_gate_mul_backward_triton, low_rank_gate_mul_triton
+
+    g = torch.Generator().manual_seed(6)
+    rows, D, R = 75, 200, 6
+    xa, du = torch.randn(rows, R, generator=g, dtype=torch.float64), torch.randn(rows, D, generator=g).double()
+    wide = torch.randn(rows, 2 * D, generator=g, dtype=torch.float64)
+    w = torch.randn(D, R, generator=g, dtype=torch.float64) * 0.7
+    b = torch.randn(D, generator=g, dtype=torch.float64) if bias else None
+    wd = torch.randn(R, D, generator=g, dtype=torch.float64) * 0.3
+    cast = [t.to(DEV, dtype) if t is not None else None for t in (xa, w, b, wide, wd)]
+    xa_d, w_d, b_d, wide_d, wd_d = cast
+    x_d = wide_d[:, D:]  # row stride 2D: the kernels read it in place
+    # float64 reference from the same rounded inputs, a as its own leaf so d a is autograd's too
+    xr, wr, br, xwr = (t.double().cpu() if t is not None else None for t in (xa_d, w_d, b_d, x_d))
+    a = torch.nn.functional.linear(xr, wr, br).requires_grad_()
+    xwr = xwr.clone().requires_grad_()
+    u_ref = torch.sigmoid(a) * xwr
+    u_ref.backward(du)
+    dxa_ref = a.grad @ wr
+    dx_full_ref = xwr.grad + dxa_ref @ wd_d.double().cpu()
+    for fwd, bwd in ((low_rank_gate_mul, low_rank_gate_mul_backward),
+                     (low_rank_gate_mul_triton, low_rank_gate_mul_backward_triton)):
+        u = fwd(xa_d, w_d, b_d, x_d)
+        da, dx, dxa = bwd(xa_d, w_d, b_d, x_d, du.to(DEV, dtype))
+        assert u.dtype == da.dtype == dx.dtype == dxa.dtype == dtype
+        assert dxa.shape == xa.shape
+        da2, dx_full, dxa2 = bwd(xa_d, w_d, b_d, x_d, du.to(DEV, dtype), wd_d)
+        assert torch.equal(da2, da) and torch.equal(dxa2, dxa) and dx_full.dtype == dtype
+        for name, got, ref in (("u", u, u_ref), ("da", da, a.grad), ("dx", dx, xwr.grad), ("dxa", dxa, dxa_ref),
+                               ("dx with W_down", dx_full, dx_full_ref)):
+            assert_close(f"{fwd.__name__} {name}", got.cpu(), ref.detach(), rel=TOL[dtype])
+    with pytest.raises(ValueError, match="w must be"):
+        low_rank_gate_mul(xa_d, w_d.t(), b_d, x_d)
+    with pytest.raises(ValueError, match="w_down must be"):
+        low_rank_gate_mul_backward(xa_d, w_d, b_d, x_d, x_d, wd_d.t())
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_low_rank_gate_matches_unfused(backend, autocast):

@@ -157,13 +157,24 @@ def low_rank_gate(x: torch.Tensor, down: nn.Linear, up: nn.Linear, backend: str)
     """``sigmoid(up(down(x))) * x`` (the Rodimus input gate); in training the [rows, width] pre-activation
     is rebuilt in backward from the rank-r ``down(x)``, which is kept (a few bytes per row).
 
-    Unlike checkpointing it does not re-run ``down`` (a pass over x) nor the gate product in backward,
-    and the two paths of dx meet inside one in-place GEMM instead of a separate sum.
+    Unlike checkpointing it does not re-run ``down`` (a pass over x) nor the gate product in backward.
+    The up projection is part of the gate op (:func:`rodimus.ops.gating.low_rank_gate_mul`), so with the
+    Triton kernels the pre-activation never reaches memory, and the two paths of dx meet inside that op's
+    backward pass instead of a GEMM adding into it.
     """
     params = (down.weight, down.bias, up.weight, up.bias)
     if not (torch.is_grad_enabled() and any(_needs_grad(t) for t in (x, *params))):
-        return get_op("gate_mul", backend)(up(down(x)), x, "sigmoid")
+        return _low_rank_forward(x, *params, backend)[0]
     return _LowRankGate.apply(x, *params, backend)
+
+
+def _low_rank_forward(x, wa, ba, wb, bb, backend):
+    """(u, xa, the GEMMs' dtype): the down projection by cuBLAS, the rest in the gate op."""
+    dt = run_dtype(x, wb)
+    with torch.autocast(x.device.type, enabled=False):
+        xa = F.linear(x.to(dt), wa.to(dt), _cast(ba, dt))
+        u = get_op("low_rank_gate_mul", backend)(xa, wb.to(dt), _cast(bb, dt), x)
+    return u, xa, dt
 
 
 def run_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
@@ -179,10 +190,7 @@ def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
 class _LowRankGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, wa, ba, wb, bb, backend):
-        dt = run_dtype(x, wb)
-        with torch.autocast(x.device.type, enabled=False):
-            xa = F.linear(x.to(dt), wa.to(dt), _cast(ba, dt))
-            u = get_op("gate_mul", backend)(F.linear(xa, wb.to(dt), _cast(bb, dt)), x, "sigmoid")
+        u, xa, dt = _low_rank_forward(x, wa, ba, wb, bb, backend)
         ctx.save_for_backward(x, xa, wa, ba, wb, bb)
         ctx.dt, ctx.backend = dt, backend
         return u
@@ -191,21 +199,15 @@ class _LowRankGate(torch.autograd.Function):
     def backward(ctx, du):
         x, xa, wa, ba, wb, bb = ctx.saved_tensors
         dt = ctx.dt
-        wa_d, wb_d = wa.to(dt), wb.to(dt)
         with torch.autocast(x.device.type, enabled=False):
-            a = F.linear(xa, wb_d, _cast(bb, dt))
-            da, dx = get_op("gate_mul_backward", ctx.backend)(a, x, du, "sigmoid")
+            op = get_op("low_rank_gate_mul_backward", ctx.backend)
+            # dx comes out whole: the product's share and the low-rank path's, summed in one pass
+            da, dx, dxa = op(xa, wb.to(dt), _cast(bb, dt), x, du, wa.to(dt))
             width, rank = x.shape[-1], xa.shape[-1]
-            da2, xa2 = da.reshape(-1, width).to(dt), xa.reshape(-1, rank)
-            dxa = da2 @ wb_d  # [rows, rank]
-            dx2 = dx.reshape(-1, width)
-            if dx2.dtype == dt:
-                dx2.addmm_(dxa, wa_d)  # the low-rank path's share of dx, summed inside the GEMM
-            else:
-                dx2 += (dxa @ wa_d).to(dx2.dtype)
+            da2, xa2, dxa2 = da.reshape(-1, width), xa.reshape(-1, rank), dxa.reshape(-1, rank)
             dwb, dbb = _up_grads(da2, xa2, wb, bb)
-            dwa = (dxa.t() @ x.reshape(-1, width).to(dt)).to(wa.dtype) if wa.requires_grad else None
-            dba = dxa.sum(0, dtype=torch.float32).to(ba.dtype) if ba is not None and ba.requires_grad else None
+            dwa = (dxa2.t() @ x.reshape(-1, width).to(dt)).to(wa.dtype) if wa.requires_grad else None
+            dba = dxa2.sum(0, dtype=torch.float32).to(ba.dtype) if ba is not None and ba.requires_grad else None
         return dx.view(x.shape), dwa, dba, dwb, dbb, None
 
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 
 from rodimus.ops.ddts import ddts_chunk, ddts_naive, ddts_recurrent
-from rodimus.ops.gating import gate_mul, gate_mul_backward
+from rodimus.ops.gating import gate_mul, gate_mul_backward, low_rank_gate_mul, low_rank_gate_mul_backward
 from rodimus.ops.norm import gated_rms_norm, gated_rms_norm_backward, rms_norm, rms_norm_pass
 from rodimus.ops.rotary import rotary
 from rodimus.ops.short_conv import short_conv, short_conv_naive
@@ -30,6 +30,8 @@ REGISTRY: dict[str, dict[str, Callable]] = {
     "rms_norm_pass": {"naive": rms_norm_pass, "torch": rms_norm_pass},
     "gate_mul": {"naive": gate_mul, "torch": gate_mul},
     "gate_mul_backward": {"naive": gate_mul_backward, "torch": gate_mul_backward},
+    "low_rank_gate_mul": {"naive": low_rank_gate_mul, "torch": low_rank_gate_mul},
+    "low_rank_gate_mul_backward": {"naive": low_rank_gate_mul_backward, "torch": low_rank_gate_mul_backward},
     "rotary": {"naive": rotary, "torch": rotary},
     "swska": {"naive": swska_naive, "torch": swska_blocked},
     "xent_grad_": {"naive": softmax_xent_grad_, "torch": softmax_xent_grad_},

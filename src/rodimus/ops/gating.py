@@ -1,4 +1,8 @@
-"""Elementwise gates: act(a) * x, the Rodimus input gate (sigmoid) and the SwiGLU FFN (silu)."""
+"""Elementwise gates: act(a) * x, the Rodimus input gate (sigmoid) and the SwiGLU FFN (silu).
+
+The input gate's pre-activation is a rank-r product, a = xa W^T + b: :func:`low_rank_gate_mul` takes xa
+itself, so a fused kernel forms a in registers instead of a GEMM writing [rows, width] for the gate to read.
+"""
 
 from __future__ import annotations
 
@@ -41,3 +45,45 @@ def gate_mul_backward(
         f, dfa = af * s, s * (1 + af * (1 - s))
     grads = (df * xf * dfa).to(a.dtype), (df * f).to(x.dtype)
     return (*grads, gate_mul(a, x, activation)) if with_output else grads
+
+
+def check_low_rank_inputs(
+    xa: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, w_down: torch.Tensor | None = None
+) -> None:
+    if w.dim() != 2 or w.shape != (x.shape[-1], xa.shape[-1]):
+        raise ValueError(f"w must be [x width, rank] = [{x.shape[-1]}, {xa.shape[-1]}], got {tuple(w.shape)}")
+    if xa.shape[:-1] != x.shape[:-1]:
+        raise ValueError(f"xa and x must have the same leading shape, got {tuple(xa.shape)} and {tuple(x.shape)}")
+    if b is not None and b.shape != (x.shape[-1],):
+        raise ValueError(f"b must be [{x.shape[-1]}], got {tuple(b.shape)}")
+    if w_down is not None and w_down.shape != (xa.shape[-1], x.shape[-1]):
+        raise ValueError(f"w_down must be [rank, x width] = [{xa.shape[-1]}, {x.shape[-1]}], got {tuple(w_down.shape)}")
+
+
+def low_rank_gate_mul(xa: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """Reference: sigmoid(xa W^T + b) * x, the pre-activation in xa's dtype as a linear layer makes it."""
+    check_low_rank_inputs(xa, w, b, x)
+    return gate_mul(F.linear(xa, w, b), x, "sigmoid")
+
+
+def low_rank_gate_mul_backward(
+    xa: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    x: torch.Tensor,
+    du: torch.Tensor,
+    w_down: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(d a, d x, d xa = d a W) of :func:`low_rank_gate_mul`, a rebuilt from xa.
+
+    d x is through the product only, or, given the down projection's weight ``w_down`` (xa = x W_down^T),
+    x's whole gradient through the gate: du * sigmoid(a) + d xa W_down. The caller owns the rest: d W and
+    d b from d a (it kept xa), d W_down from d xa.
+    """
+    check_low_rank_inputs(xa, w, b, x, w_down)
+    da, dx = gate_mul_backward(F.linear(xa, w, b), x, du, "sigmoid")
+    dxa = da.to(w.dtype) @ w
+    if w_down is not None:
+        acc = torch.promote_types(dx.dtype, torch.float32)
+        dx = (dx.to(acc) + (dxa @ w_down).to(acc)).to(x.dtype)
+    return da, dx, dxa

@@ -7,7 +7,12 @@ Raises ImportError when triton is missing, which ``rodimus.ops.dispatch.triton_a
 from rodimus.ops.triton import _common  # noqa: F401  (sets TRITON_INTERPRET before any kernel is built)
 from rodimus.ops.triton.cross_entropy import softmax_xent_grad_triton_
 from rodimus.ops.triton.ddts import ddts_decode_, ddts_triton
-from rodimus.ops.triton.gating import gate_mul_backward_triton, gate_mul_triton
+from rodimus.ops.triton.gating import (
+    gate_mul_backward_triton,
+    gate_mul_triton,
+    low_rank_gate_mul_backward_triton,
+    low_rank_gate_mul_triton,
+)
 from rodimus.ops.triton.norm import (
     gated_rms_norm_backward_triton,
     gated_rms_norm_triton,
@@ -25,6 +30,8 @@ __all__ = [
     "gate_mul_triton",
     "gated_rms_norm_backward_triton",
     "gated_rms_norm_triton",
+    "low_rank_gate_mul_backward_triton",
+    "low_rank_gate_mul_triton",
     "rms_norm_pass_triton",
     "rms_norm_triton",
     "rotary_triton",
@@ -46,6 +53,8 @@ def _register() -> None:
     REGISTRY["rms_norm_pass"]["triton"] = rms_norm_pass_triton
     REGISTRY["gate_mul"]["triton"] = gate_mul_triton
     REGISTRY["gate_mul_backward"]["triton"] = gate_mul_backward_triton
+    REGISTRY["low_rank_gate_mul"]["triton"] = low_rank_gate_mul_triton
+    REGISTRY["low_rank_gate_mul_backward"]["triton"] = low_rank_gate_mul_backward_triton
     REGISTRY["rotary"]["triton"] = rotary_triton
     REGISTRY["xent_grad_"]["triton"] = softmax_xent_grad_triton_
 
