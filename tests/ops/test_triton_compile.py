@@ -23,7 +23,7 @@ KERNELS = {  # every kernel the ops launch (helpers called inside kernels are co
     "short_conv_kernels": ["_fwd", "_bwd_dpre", "_bwd_dx"],
     "swska_kernels": ["_fwd", "_bwd_delta", "_bwd_dq", "_bwd_dkdv"],
     "norm": ["_fwd", "_bwd"],
-    "gating": ["_fwd", "_bwd"],
+    "gating": ["_fwd", "_bwd", "_low_rank_fwd", "_low_rank_bwd"],
     "rotary": ["_rotate"],
     "cross_entropy": ["_xent_rows"],
     "_common": ["_column_sum"],
