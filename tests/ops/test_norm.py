@@ -341,3 +341,24 @@ def test_rms_norm_pass_sums_the_residual_gradient(out_dtype):
     xr.grad = None
     rms_norm(xr, wr, 1e-6).backward(dy)
     assert_close("dx (norm only)", x.grad.cpu(), xr.grad, rel=1e-4)
+
+
+def test_low_rank_gate_calls_wrapped_projections():
+    """A projection that is not a plain linear (here one with a forward hook, as adapters add) is called,
+    not bypassed by reading its weight: the hook's effect shows in the output, with and without grad."""
+    from rodimus.layers.recompute import low_rank_gate
+
+    torch.manual_seed(0)
+    down, up = torch.nn.Linear(40, 6, bias=False).to(DEV), torch.nn.Linear(6, 40).to(DEV)
+    x = torch.randn(2, 7, 40, device=DEV, requires_grad=True)
+    plain = low_rank_gate(x, down, up, "torch")
+    up.register_forward_hook(lambda _m, _i, out: out + 1.0)
+    hooked = low_rank_gate(x, down, up, "torch")
+    with torch.no_grad():
+        hooked_nograd = low_rank_gate(x, down, up, "torch")
+    ref = torch.sigmoid(up(down(x))) * x  # up(...) includes the hook's +1
+    assert_close("hooked", hooked, ref, rel=1e-6)
+    assert_close("hooked, no grad", hooked_nograd, ref, rel=1e-6)
+    assert not torch.allclose(plain, hooked)
+    hooked.sum().backward()
+    assert x.grad is not None and down.weight.grad is not None

@@ -160,8 +160,13 @@ def low_rank_gate(x: torch.Tensor, down: nn.Linear, up: nn.Linear, backend: str)
     Unlike checkpointing it does not re-run ``down`` (a pass over x) nor the gate product in backward.
     The up projection is part of the gate op (:func:`rodimus.ops.gating.low_rank_gate_mul`), so with the
     Triton kernels the pre-activation never reaches memory, and the two paths of dx meet inside that op's
-    backward pass instead of a GEMM adding into it.
+    backward pass instead of a GEMM adding into it. Projections that are not plain linears (an adapter, a
+    quantised linear, hooks) are called as they are, with autograd's backward.
     """
+    from rodimus.layers.linear import plain_linear  # linear.py imports run_dtype from here
+
+    if not plain_linear(down, up, allow_bias=True):
+        return get_op("gate_mul", backend)(up(down(x)), x, "sigmoid")
     params = (down.weight, down.bias, up.weight, up.bias)
     if not (torch.is_grad_enabled() and any(_needs_grad(t) for t in (x, *params))):
         return _low_rank_forward(x, *params, backend)[0]
