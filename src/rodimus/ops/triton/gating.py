@@ -63,6 +63,11 @@ def _bwd(A, X, DY, DA, DX, Y, D, sa, sx, SILU: tl.constexpr, STORE_Y: tl.constex
         tl.store(Y + row * D + cols, (f * x).to(Y.dtype.element_ty), mask=m)
 
 
+def _use_torch(*ts: torch.Tensor | None) -> bool:
+    """float64 inputs go to the torch forms (the kernels compute in float32)."""
+    return any(t is not None and t.dtype == torch.float64 for t in ts)
+
+
 def _grid(N: int, D: int) -> tuple[tuple[int, int], int]:
     block = min(MAX_BLOCK, triton.next_power_of_2(D))
     return (N, triton.cdiv(D, block)), block
@@ -111,7 +116,7 @@ def _backward(
 def gate_mul_triton(a: torch.Tensor, x: torch.Tensor, activation: str = "sigmoid") -> torch.Tensor:
     """Fused :func:`rodimus.ops.gating.gate_mul`; float64 goes to the torch form."""
     check_gate_inputs(a, x, activation)
-    if torch.float64 in (a.dtype, x.dtype):
+    if _use_torch(a, x):
         return gate_mul(a, x, activation)
     return _GateMul.apply(a, x, activation == "silu")
 
@@ -122,7 +127,7 @@ def gate_mul_backward_triton(
     """Fused :func:`rodimus.ops.gating.gate_mul_backward` (``with_output``: y comes out of the same pass);
     float64 goes to the torch form."""
     check_gate_inputs(a, x, activation)
-    if torch.float64 in (a.dtype, x.dtype):
+    if _use_torch(a, x):
         return gate_mul_backward(a, x, dy, activation, with_output)
     out = _backward(_rows(a), _rows(x), dy, activation == "silu", with_output)
     return tuple(t.view(x.shape) for t in out)
@@ -203,10 +208,6 @@ def _low_rank_args(xa, w, b, x):
     w = w.contiguous()
     lowp = xa.dtype in (torch.bfloat16, torch.float16)
     return xa2, w, (b if b is not None else w), x2, N, D, w.shape[1], lowp
-
-
-def _use_torch(*ts: torch.Tensor | None) -> bool:
-    return any(t is not None and t.dtype == torch.float64 for t in ts)
 
 
 def low_rank_gate_mul_triton(
