@@ -108,12 +108,15 @@ def test_mild_and_strong_decay_chunks(dtype, cu):
 
 
 def _use_split_forms(monkeypatch, bwd_bv_chunk, slices, save, **walk):
-    """Force the split forward and backward (LAUNCH[...]["split"]) with small tiles, and `walk` settings."""
+    """Force the split forward and backward (LAUNCH[...]["split"]) with small tiles, and `walk` settings.
+    save: the forward keeps its states in float32 (bf16 inputs then take float32 products); otherwise bf16
+    inputs take bf16 products for the output and the backward walks the states again."""
     from rodimus.ops.triton import ddts as tri
 
     cfg = dict(tri.LAUNCH["bwd_state"], split=True, split_min_v=0, BV_chunk=bwd_bv_chunk, slices=slices)
     monkeypatch.setitem(tri.LAUNCH, "bwd_state", cfg)
-    monkeypatch.setitem(tri.LAUNCH, "fwd", dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32, save_states=save))
+    fwd = dict(tri.LAUNCH["fwd"], split=True, BV_chunk=32, save_states=save, lowp_with_grad=not save)
+    monkeypatch.setitem(tri.LAUNCH, "fwd", fwd)
     monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BV=32, **walk))
 
 
@@ -128,6 +131,21 @@ SPLIT_FORMS = [  # slices of _bwd_chunk, _walk's K block, forward states kept fo
 def test_split_walks(B, T, H, K, V, dtype, init, cu, chunk, slices, walk_bk, save, monkeypatch):
     """The chunk-parallel forms (LAUNCH[...]["split"]) meet the same tolerances, forward and gradients."""
     _use_split_forms(monkeypatch, 16, slices, save, BK=walk_bk)
+    _check(B, T, H, K, V, dtype, init, cu, chunk)
+
+
+@pytest.mark.parametrize("split_bwd", [False, True], ids=["fused-bwd", "split-bwd"])
+@pytest.mark.parametrize("B,T,H,K,V,dtype,init,cu,chunk", [CASES[5], CASES[6]])
+def test_bf16_products_with_grad(B, T, H, K, V, dtype, init, cu, chunk, split_bwd, monkeypatch):
+    """LAUNCH["fwd"]["lowp_with_grad"]: a training forward through the fused walk with bf16 dots keeps no
+    states, so the backward (fused, or split: walking the states again) must rebuild them exactly."""
+    from rodimus.ops.triton import ddts as tri
+
+    fwd = dict(tri.LAUNCH["fwd"], split_max_programs=0, lowp_products=True, lowp_with_grad=True, fast_min_BV=16)
+    monkeypatch.setitem(tri.LAUNCH, "fwd", fwd)
+    bwd = dict(tri.LAUNCH["bwd_state"], split=split_bwd, split_min_v=0, BV_chunk=16)
+    monkeypatch.setitem(tri.LAUNCH, "bwd_state", bwd)
+    monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BV=32))
     _check(B, T, H, K, V, dtype, init, cu, chunk)
 
 
