@@ -454,7 +454,9 @@ def bench_decode(bw):
             q = torch.randn(B, 1, H, D, device="cuda", dtype=torch.bfloat16)
             k = torch.randn(B, ctx, D, device="cuda", dtype=torch.bfloat16)
             v = torch.randn(B, ctx, H, D, device="cuda", dtype=torch.bfloat16)
-            t_s = bench(lambda: swska_triton(q, k, v, window=ctx))
+            t_s = bench(lambda: swska_triton(q, k, v, window=ctx))  # the split-over-keys decode kernels
+            q_g = q.clone().requires_grad_()  # a query that needs a gradient takes the training kernel
+            t_tr = bench(lambda: swska_triton(q_g, k, v, window=ctx))
 
             def sdpa():
                 kr = k[:, :, None, :].expand(B, ctx, H, D)
@@ -470,6 +472,7 @@ def bench_decode(bw):
                 t_s,
                 sdpa_repeat_k_ms=round(t_b, 4),
                 ratio=round(t_b / t_s, 2),
+                training_kernel_ms=round(t_tr, 4),
                 floor_ms=round(B * ctx * (H + 1) * D * 2 / bw / 1e9, 5),
             )
 

@@ -21,7 +21,7 @@ KERNELS = {  # every kernel the ops launch (helpers called inside kernels are co
     "ddts_kernels": ["_prep", "_fwd", "_fwd_chunk", "_bwd_state", "_bwd_chunk", "_bwd_intra", "_chunk_totals",
                      "_bwd_gates", "_decode", "_walk", "_walk_carry"],
     "short_conv_kernels": ["_fwd", "_bwd_dpre", "_bwd_dx"],
-    "swska_kernels": ["_fwd", "_bwd_delta", "_bwd_dq", "_bwd_dkdv"],
+    "swska_kernels": ["_fwd", "_bwd_delta", "_bwd_dq", "_bwd_dkdv", "_decode_split", "_decode_combine"],
     "norm": ["_fwd", "_bwd"],
     "gating": ["_fwd", "_bwd", "_low_rank_fwd", "_low_rank_bwd"],
     "rotary": ["_rotate"],

@@ -132,6 +132,43 @@ class _SWSKAFunction(torch.autograd.Function):
         return dq, dkp.sum(0).to(k.dtype), dv, None, None, None, None, None
 
 
+# one-token decode: key tile BN, warps, the fewest keys per span and the most spans per (batch, head) (the
+# merge holds every span's partial output in registers). Not yet timed on a GPU (docs/KERNELS.md)
+DECODE = dict(BN=64, num_warps=4, min_span=256, max_spans=64)
+
+
+def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
+    """One query token per sequence against its cache (no autograd): the visible keys [lo, S) are cut into
+    spans, one program per (batch, head, span), then one merge per (batch, head) (flash-decoding). The
+    training kernel would give each (batch, head) one program walking every key with a 16-row tile."""
+    B, _, H, D = q.shape
+    S, DV = k.shape[1], v.shape[-1]
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    lo = max(0, S - 1 - window)
+    n_keys = S - lo
+    cfg = DECODE
+    BN = cfg["BN"]
+    ns = max(1, min(cdiv(_TARGET_PROGRAMS, B * H), cdiv(n_keys, cfg["min_span"]), cfg["max_spans"]))
+    span = cdiv(cdiv(n_keys, ns), BN) * BN
+    ns = cdiv(n_keys, span)
+    BDV = next_pow2(DV)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    opart = torch.empty(B * H * ns, BDV, **f32)
+    mpart, lpart = torch.empty(B * H * ns, **f32), torch.empty(B * H * ns, **f32)
+    km = key_mask.to(device=q.device, dtype=torch.int8).contiguous() if key_mask is not None else None
+    o = torch.empty(B, 1, H, DV, device=q.device, dtype=q.dtype)
+    if B * H == 0:
+        return o
+    kern._decode_split[(B * H, ns)](
+        q, k, v, km if km is not None else mpart, opart, mpart, lpart, S, lo, span, scale,
+        q.stride(0), q.stride(2), k.stride(0), k.stride(1), v.stride(0), v.stride(1), v.stride(2), ns,
+        H=H, D=D, DV=DV, BD=next_pow2(D), BDV=BDV, BN=BN, HAS_KM=km is not None,
+        num_warps=cfg["num_warps"],
+    )  # fmt: skip
+    kern._decode_combine[(B * H,)](opart, mpart, lpart, o, DV, ns, BNS=next_pow2(ns), DV=DV, BDV=BDV)
+    return o
+
+
 def swska_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -145,8 +182,9 @@ def swska_triton(
 ) -> torch.Tensor:
     """Flash-style SW-SKA (Triton); arguments and result as :func:`rodimus.ops.swska.swska_blocked`.
 
-    ``block_size`` sets the query tile (rounded to a power of two in [16, 128]). Decoding (T = 1
-    against a cache of S keys) is the same kernel with a 16-row tile. Float64 goes to the torch form.
+    ``block_size`` sets the query tile (rounded to a power of two in [16, 128]). One token against a
+    cache (T = 1, no cu_seqlens) without autograd takes the decode kernels (:func:`_decode`); with a
+    gradient it is the training kernel with a 16-row tile. Float64 goes to the torch form.
     """
     check_swska_inputs(q, k, v, window, key_mask, cu_seqlens)
     if torch.float64 in (q.dtype, k.dtype, v.dtype):
@@ -164,4 +202,7 @@ def swska_triton(
         return q.new_zeros(*q.shape[:3], v.shape[-1])
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     k, v = k.to(q.dtype), v.to(q.dtype)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if q.shape[1] == 1 and cu_seqlens is None and not needs_grad:
+        return _decode(q, k, v, key_mask, int(window), scale)
     return _SWSKAFunction.apply(q, k, v, key_mask, cu_seqlens, int(window), scale, block_size)

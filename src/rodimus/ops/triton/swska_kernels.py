@@ -14,6 +14,8 @@ is masked.
 * ``_bwd_dq``: the same walk, dq only.
 * ``_bwd_dkdv``: one program per (key block, batch, head group): the shared key tile is loaded once and
   its gradient summed over the group's heads in registers (dv per head).
+* ``_decode_split`` / ``_decode_combine``: one query token per sequence (decoding) against its cache, the
+  visible keys cut into spans: softmax partials per (batch, head, span), then their merge.
 """
 
 from __future__ import annotations
@@ -345,3 +347,63 @@ def _dkdv_tile(dv_acc, dk, k_t, v_t, q, do, lse, delta, dstart, km, b, h, s, t0,
 
 
 __all__ = ["_bwd_dkdv", "_bwd_dq", "_fwd", "triton"]
+
+
+@triton.jit
+def _decode_split(q, k, v, km, opart, mpart, lpart, S, lo, span, scale, sqb, sqh, skb, sks, svb, svs, svh, NS,
+                  H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
+                  BDV: tl.constexpr, BN: tl.constexpr, HAS_KM: tl.constexpr):
+    """One token's query (position S - 1) against keys [lo, S) of the cache, split into NS spans of
+    ``span`` keys per (batch, head): the softmax partials (max, sum, unnormalised output) of one span.
+
+    A single query row leaves a tensor-core tile 1/16 full, so the scores and the weighted value sum are
+    row reductions in float32; the step reads the cache once (the shared key tile from L2 for the other
+    heads) and is bound by reading the values."""
+    bh = tl.program_id(0)
+    sp = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    d = tl.arange(0, BD)
+    dv = tl.arange(0, BDV)
+    q_r = tl.load(q + b * sqb + h * sqh + d, mask=d < D, other=0.0).to(tl.float32) * (scale * LOG2E)
+    start = lo + sp * span
+    end = tl.minimum(start + span, S)
+    m_i = tl.full((), -1.0e30, tl.float32)  # finite: a span with every key masked keeps alpha = 1, p = 0
+    l_i = tl.zeros((), tl.float32)
+    acc = tl.zeros((BDV,), tl.float32)
+    for s0 in range(start, end, BN):
+        s = s0 + tl.arange(0, BN)
+        sm = s < end
+        k_t = tl.load(k + b * skb + s[:, None] * sks + d[None, :], mask=sm[:, None] & (d[None, :] < D), other=0.0)
+        x = tl.sum(k_t.to(tl.float32) * q_r[None, :], 1)
+        if HAS_KM:
+            sm = sm & (tl.load(km + b * S + s, mask=sm, other=0) != 0)
+        x = tl.where(sm, x, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(x, 0))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(x - m_new)
+        v_t = tl.load(v + b * svb + s[:, None] * svs + h * svh + dv[None, :],
+                      mask=sm[:, None] & (dv[None, :] < DV), other=0.0)
+        l_i = l_i * alpha + tl.sum(p, 0)
+        acc = acc * alpha + tl.sum(p[:, None] * v_t.to(tl.float32), 0)
+        m_i = m_new
+    part = bh * NS + sp
+    tl.store(opart + part * BDV + dv, acc)
+    tl.store(mpart + part, m_i)
+    tl.store(lpart + part, l_i)
+
+
+@triton.jit
+def _decode_combine(opart, mpart, lpart, o, soh, NS, BNS: tl.constexpr, DV: tl.constexpr, BDV: tl.constexpr):
+    """Merge one (batch, head)'s span partials into its output row; zeros where no key was visible."""
+    bh = tl.program_id(0)
+    i = tl.arange(0, BNS)
+    dv = tl.arange(0, BDV)
+    im = i < NS
+    m = tl.load(mpart + bh * NS + i, mask=im, other=-1.0e30)
+    m_all = tl.max(m, 0)
+    w = tl.where(im, tl.exp2(m - m_all), 0.0)
+    l_all = tl.sum(w * tl.load(lpart + bh * NS + i, mask=im, other=0.0), 0)
+    parts = tl.load(opart + (bh * NS + i[:, None]) * BDV + dv[None, :], mask=im[:, None], other=0.0)
+    out = tl.sum(w[:, None] * parts, 0) / tl.where(l_all > 0, l_all, 1.0)
+    tl.store(o + bh * soh + dv, out.to(o.dtype.element_ty), mask=dv < DV)
