@@ -2,8 +2,8 @@
 # One H200 session: every GPU measurement the docs report, in one go (see docs/BENCHMARKS.md).
 # Usage (repo root, on the GPU machine): OUT=out_dir bash benchmarks/gpu_session.sh [FIXTURES_DIR]
 # STEPS="gpu_tests sweep ..." runs only the named steps (a device call is limited to 10 minutes, the
-# whole list takes ~35), e.g. four calls: "gpu_tests check_model sweep", "loss fused ddts",
-# "swska decode train", "train8k context serve".
+# whole list takes ~40), e.g. five calls: "gpu_tests check_model sweep", "loss fused ddts",
+# "pending decode", "swska train", "train8k context serve".
 # On a machine of 2+ GPUs (kind nvidia-h200-x2): python3 benchmarks/bench_multi_gpu.py --gpus 2 (FSDP2 vs one
 # GPU, ~5 minutes for the two default presets at 20 steps).
 # Where a step's copies come from (CPU, no GPU needed): RODIMUS_KERNELS=triton TRITON_INTERPRET=1
@@ -34,6 +34,15 @@ step fused 200 python3 benchmarks/bench_kernels.py --only fused,layer --profile 
 # fla's chunk_gla autotuning alone took over a minute per shape (even cut to 4 configs): give it room
 step ddts 300 python3 benchmarks/bench_kernels.py --only ddts --budget 280 --json "$OUT/k_ddts.json"
 step ddts 90 python3 benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_programs": 0, "BV": 64}}]'
+# options written but not yet timed on a GPU (docs/KERNELS.md, "What remains"): the fused DDTS walk over
+# segments of long sequences (LAUNCH["fwd"]["segment"]), alone and in T=8192 training, against the default
+step pending 120 python3 benchmarks/ddts_forward.py \
+  '[{}, {"fwd": {"segment": 16, "segment_min_chunks": 48}}, {"fwd": {"segment": 32, "segment_min_chunks": 48}}]'
+echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}}' > "$OUT/fwd_segments.json"
+step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
+  --micro-batch 2
+step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
+  --micro-batch 2 --ddts-launch "$OUT/fwd_segments.json"
 step swska 240 python3 benchmarks/bench_kernels.py --only swska --flex --budget 220 --json "$OUT/k_swska.json"
 step decode 120 python3 benchmarks/bench_kernels.py --only decode --budget 100 --json "$OUT/k_decode.json"
 step train 150 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus,rodimus_plus --steps 10 --warmup 3 \

@@ -93,6 +93,17 @@ def _drive() -> None:
         finally:
             for k, v in saved.items():
                 ddts.LAUNCH[k] = v
+        saved = {k: dict(v) for k, v in ddts.LAUNCH.items()}
+        ddts.LAUNCH["fwd"].update(segment=1, segment_min_chunks=0)  # the fused walk over segments of 1 chunk
+        try:
+            for bf16 in (False, True):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    model(ids, labels=ids).loss.backward()
+                    with torch.no_grad():
+                        model(ids)
+        finally:
+            for k, v in saved.items():
+                ddts.LAUNCH[k] = v
 
 
 def main() -> None:

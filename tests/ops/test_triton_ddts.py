@@ -59,9 +59,10 @@ def test_forward_and_every_gradient(B, T, H, K, V, dtype, init, cu, chunk, monke
     _check(B, T, H, K, V, dtype, init, cu, chunk)
 
 
-def _check(B, T, H, K, V, dtype, init, cu, chunk, strong_from=None, grads=True, loose=()):
+def _check(B, T, H, K, V, dtype, init, cu, chunk, strong_from=None, grads=True, loose=(), final=True):
     """strong_from: tokens from there on get g_pre + 40 (decay e^-20 or so per token, far past the
-    one-dot form's range in _prep); earlier ones g_pre - 8 (almost none)."""
+    one-dot form's range in _prep); earlier ones g_pre - 8 (almost none). final=False: no final state
+    asked for (training), the output's gradient only."""
     cu = torch.tensor(cu) if cu is not None else None
     n = B if cu is None else len(cu) - 1
     xs, h0 = _inputs(B, T, H, K, V, dtype, n)
@@ -73,20 +74,28 @@ def _check(B, T, H, K, V, dtype, init, cu, chunk, strong_from=None, grads=True, 
             assert decay[:, strong_from : strong_from + 16].sum(1).max() > 80  # the fallback is taken
     h0 = h0 if init else None
     o, hT = ddts_triton(
-        *xs, initial_state=h0, cu_seqlens=cu.to(DEV) if cu is not None else None, chunk_size=chunk
+        *xs, initial_state=h0, cu_seqlens=cu.to(DEV) if cu is not None else None, chunk_size=chunk,
+        output_final_state=final,
     )
     g = torch.Generator().manual_seed(1)
     do = torch.randn(o.shape, generator=g, dtype=torch.float64)
-    dh = torch.randn(hT.shape, generator=g, dtype=torch.float64)
-    torch.autograd.backward([o, hT], [do.to(DEV, o.dtype), dh.to(DEV, torch.float32)])
     ref_in = [x.detach().cpu().double().requires_grad_() for x in xs]
     ref_h0 = h0.detach().cpu().double().requires_grad_() if init else None
     o_ref, hT_ref = ddts_naive(*ref_in, initial_state=ref_h0, cu_seqlens=cu)
-    torch.autograd.backward([o_ref, hT_ref], [do, dh])
+    if final:
+        dh = torch.randn(hT.shape, generator=g, dtype=torch.float64)
+        torch.autograd.backward([o, hT], [do.to(DEV, o.dtype), dh.to(DEV, torch.float32)])
+        torch.autograd.backward([o_ref, hT_ref], [do, dh])
+    else:
+        assert hT is None
+        o.backward(do.to(DEV, o.dtype))
+        o_ref.backward(do)
     tol = TOL[dtype]
-    assert o.dtype == dtype and hT.dtype == torch.float32
+    assert o.dtype == dtype
     _close("o", o, o_ref, rel=tol)
-    _close("final_state", hT, hT_ref, rel=tol)
+    if final:
+        assert hT.dtype == torch.float32
+        _close("final_state", hT, hT_ref, rel=tol)
     if not grads:
         return
     for name, x, xr in zip(("dq", "dk", "dv", "dg_pre", "dtau_pre"), xs, ref_in, strict=True):
@@ -147,6 +156,43 @@ def test_bf16_products_with_grad(B, T, H, K, V, dtype, init, cu, chunk, split_bw
     monkeypatch.setitem(tri.LAUNCH, "bwd_state", bwd)
     monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BV=32))
     _check(B, T, H, K, V, dtype, init, cu, chunk)
+
+
+FWD_SEGMENTS = [  # the fused forward walk over segments of documents (LAUNCH["fwd"]["segment"])
+    pytest.param(*CASES[0].values, 1, id="B2-T63-init-seg1-fp32"),
+    pytest.param(*CASES[4].values, 1, id="packed4-seg1-fp32"),
+    pytest.param(*CASES[7].values, 3, id="packed2-T300-C16-seg3-fp32"),
+    pytest.param(*CASES[5].values, 1, id="B2-T63-init-seg1-bf16"),
+    pytest.param(*CASES[6].values, 1, id="packed2-seg1-bf16"),
+]
+
+
+@pytest.mark.parametrize("B,T,H,K,V,dtype,init,cu,chunk,segment", FWD_SEGMENTS)
+@pytest.mark.parametrize("final", [False, True], ids=["no-final", "final"])
+def test_fused_forward_over_segments(B, T, H, K, V, dtype, init, cu, chunk, segment, final, monkeypatch):
+    """The fused forward may walk segments of each document in parallel, each from the state entering it:
+    outputs, final states and gradients as the reference, with and without gradients (bf16 with bf16
+    products), initial states, empty and multi-segment documents."""
+    from rodimus.ops.triton import ddts as tri
+
+    fwd = dict(tri.LAUNCH["fwd"], split_max_programs=0, segment=segment, segment_min_chunks=0, fast_min_BV=16)
+    monkeypatch.setitem(tri.LAUNCH, "fwd", fwd)
+    monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BV=32))
+    calls = []
+    starts = tri._segment_starts
+    monkeypatch.setattr(tri, "_segment_starts", lambda *a, **kw: calls.append(1) or starts(*a, **kw))
+    _check(B, T, H, K, V, dtype, init, cu, chunk, final=final)
+    xs, h0 = _inputs(B, T, H, K, V, dtype, B if cu is None else len(cu) - 1)
+    cu_t = torch.tensor(cu) if cu is not None else None
+    with torch.no_grad():
+        o, hT = ddts_triton(*xs, initial_state=h0 if init else None, cu_seqlens=cu_t.to(DEV) if cu else None,
+                            chunk_size=chunk, output_final_state=final)  # fmt: skip
+    o_ref, hT_ref = ddts_naive(*[x.detach().cpu().double() for x in xs], cu_seqlens=cu_t,
+                               initial_state=h0.detach().cpu().double() if init else None)  # fmt: skip
+    _close("o without grad", o, o_ref, rel=TOL[dtype])
+    if final:
+        _close("final state without grad", hT, hT_ref, rel=TOL[dtype])
+    assert len(calls) == 2  # both forwards took the segments
 
 
 KEY_SLICES = [  # the backward's per-column kernel over several programs of 16 key columns (the last partial)

@@ -39,8 +39,12 @@ LAUNCH = {
     # 2026-12-07, same call: DDTS fwd+bwd B8 T2048 V4096 1.657 -> 1.453 ms (graphs 1.644 -> 1.443), mixer
     # layer as a graph 7.127 -> 6.898 ms, 342M training (graphs) T2048 109,379 -> 111,512 tok/s, T8192
     # 109,207 -> 108,677 (inside the ~1% spread)
+    # "segment": the fused walk over segments of this many chunks, in parallel, when a sequence can be longer
+    # than "segment_min_chunks" (0: off; not yet timed on a GPU: at B2 T8192 the walk is latency-bound, 3.8x
+    # its memory floor on the H200)
     "fwd": dict(BV=128, num_warps=4, num_stages=1, split_max_programs=64, save_states=True, split_with_grad=True,
-                lowp_products=True, fast_stages=2, fast_min_BV=32, fast_min_programs=256, lowp_with_grad=True),
+                lowp_products=True, fast_stages=2, fast_min_BV=32, fast_min_programs=256, lowp_with_grad=True,
+                segment=0, segment_min_chunks=64),
     # the fused backward walk; the split form (two _walk passes and the chunk-parallel _bwd_chunk with
     # "BV_chunk" columns per block, "slices" V slices, "chunk_warps" warps, "chunk_stages" pipeline stages,
     # default 3 as Triton's own; also read for _fwd_chunk from "fwd") for V >= "split_min_v". H200
@@ -119,15 +123,16 @@ def _packed_sequences(cu_seqlens, T, C, device):
     return cu, chunk_seq, chunk_idx, coff, n_slots, n_slots
 
 
-def _segments(seqs, T, C, cu_seqlens):
-    """The segment table of a segmented walk (LAUNCH["walk"]["segment"]), or None when it would not pay.
+def _segments(seqs, T, C, cu_seqlens, entry: str = "walk"):
+    """The segment table of a segmented walk (LAUNCH[entry]["segment"] chunks a segment), or None when it
+    would not pay.
 
     (row bounds [n_seg + 1], first global chunk [n_seg], the document each segment ends in forward /
     reverse walk order else -1, each document's first segment [n_doc + 1], n_seg). Built on the device
     with a static n_seg (an upper bound; spare segments are empty), so it can be captured in a graph.
     """
-    seg = LAUNCH["walk"].get("segment", 0)
-    if not seg or cdiv(T, C) <= max(seg, LAUNCH["walk"].get("segment_min_chunks", 0)):
+    seg = LAUNCH[entry].get("segment", 0)
+    if not seg or cdiv(T, C) <= max(seg, LAUNCH[entry].get("segment_min_chunks", 0)):
         return None
     if cu_seqlens is None:
         return _segment_table(seqs, C, seg)
@@ -212,18 +217,10 @@ def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None,
     if segs is not None and n_sh:
         scu, scoff, fin_fwd, fin_rev, first, n_seg = segs
         fin = fin_rev if reverse else fin_fwd
-        ends = torch.empty(n_seg, H, K, V, device=a.device, dtype=torch.float32)
+        ends = _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, reverse=reverse)
         if dhT is not None and xT is None:
             xT = torch.empty(n_doc, H, K, V, device=a.device, dtype=torch.float32)
         grid = (cdiv(K, BK), NV, n_seg * H)
-        kern._walk[grid](
-            a, b, dec, ends, ends, ends, ends, ends, fin, scu, scoff, V,
-            HAS_INIT=False, STORE_FINAL=True, FINP=False, MODE=1, **consts,
-        )  # fmt: skip
-        kern._walk_carry[(cdiv(K, BK), NV, n_sh)](
-            dec, x0 if x0 is not None else ends, ends, cu, coff, scu, scoff, first, V,
-            H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, HAS_INIT=x0 is not None, num_warps=cfg["num_warps"],
-        )  # fmt: skip
         kern._walk[grid](
             a, b, dec, ends, xbuf, xT if xT is not None else xbuf, ends, ends, fin, scu, scoff, V,
             HAS_INIT=True, STORE_FINAL=xT is not None, FINP=False, MODE=2, **consts,
@@ -239,11 +236,44 @@ def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None,
     return xbuf, finp
 
 
+def _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, *, reverse=False) -> torch.Tensor:
+    """The state entering each segment of a :func:`_segments` table, [n_seg, H, K, V] float32 (zeros for
+    spare segments): every segment walked from zeros in parallel (ends only), then one carry step per
+    segment. What a segmented walk, or a walk with outputs over segments, starts from."""
+    cfg = LAUNCH["walk"]
+    cu, coff = seqs[0], seqs[3]
+    scu, scoff, fin_fwd, fin_rev, first, n_seg = segs
+    BK, BV = min(cfg["BK"], next_pow2(K)), min(cfg["BV"], next_pow2(V))
+    NV = cdiv(V, BV)
+    ends = torch.empty(n_seg, H, K, V, device=a.device, dtype=torch.float32)
+    consts = dict(H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, num_warps=cfg["num_warps"])
+    kern._walk[(cdiv(K, BK), NV, n_seg * H)](
+        a, b, dec, ends, ends, ends, ends, ends, fin_rev if reverse else fin_fwd, scu, scoff, V,
+        HAS_INIT=False, STORE_FINAL=True, FINP=False, MODE=1, LOWP=lowp, num_stages=cfg["num_stages"], **consts,
+    )  # fmt: skip
+    kern._walk_carry[(cdiv(K, BK), NV, (cu.numel() - 1) * H)](
+        dec, x0 if x0 is not None else ends, ends, cu, coff, scu, scoff, first, V, HAS_INIT=x0 is not None,
+        **consts,
+    )  # fmt: skip
+    return ends
+
+
 def _same_row_stride(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernels read a pair (q/k, g_pre/tau_pre) with one row stride."""
     if a.stride(0) == b.stride(0):
         return a, b
     return a.contiguous(), b.contiguous()
+
+
+def _fused_block(cfg: dict, fast: bool, n_walks: int, V: int) -> int:
+    """The fused walk's V block: LAUNCH["fwd"]["BV"], halved with bf16 products (not below "fast_min_BV")
+    until n_walks sequences x V blocks make "fast_min_programs" programs (its latency is per program)."""
+    BV = min(cfg["BV"], next_pow2(V))
+    if fast:
+        min_bv, min_programs = cfg.get("fast_min_BV", BV), cfg.get("fast_min_programs", 0)
+        while min_bv < BV and n_walks * cdiv(V, BV) < min_programs:
+            BV //= 2
+    return BV
 
 
 class _DDTSFunction(torch.autograd.Function):
@@ -268,11 +298,7 @@ class _DDTSFunction(torch.autograd.Function):
         hT = torch.empty(n_seq, H, K, V, device=q.device, dtype=torch.float32) if want_final else None
         h0c = h0.contiguous() if h0 is not None else None
         saved_states = None
-        BV = min(cfg["BV"], next_pow2(V))
-        if fast:  # narrower V blocks until the fused walk has programs enough (its latency is per program)
-            min_bv, min_programs = cfg.get("fast_min_BV", BV), cfg.get("fast_min_programs", 0)
-            while min_bv < BV and n_seq * H * cdiv(V, BV) < min_programs:
-                BV //= 2
+        BV = _fused_block(cfg, fast, n_seq * H, V)
         # the backward takes the states
         keep = grad and not fused_grad and cfg.get("save_states", False) and _split_backward(V)
         split = cfg.get("split", False) or n_seq * H * cdiv(V, BV) <= cfg.get("split_max_programs", 0)
@@ -293,11 +319,23 @@ class _DDTSFunction(torch.autograd.Function):
             del hbuf
         else:
             stages = cfg.get("fast_stages", cfg["num_stages"]) if fast else cfg["num_stages"]
-            kern._fwd[(cdiv(V, BV), n_seq * H)](
-                v, o, qe, ke, dec, A, h0c if h0c is not None else o, hT if want_final else o, seqs[0], seqs[3], V,
-                H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=h0c is not None, STORE_FINAL=want_final, LOWP=lowp,
+            # long sequences (LAUNCH["fwd"]["segment"]): the walk with outputs runs over segments of them in
+            # parallel, each from the state entering it (found by a light walk of ends and a carry step);
+            # each segment's end state is stored and a document's final state is its last segment's
+            fsegs = _segments(seqs, T, C, cu_seqlens, "fwd")
+            cu_f, coff_f, x0, n_f, hT_f = seqs[0], seqs[3], h0c, n_seq, hT
+            if fsegs is not None:
+                x0 = _segment_starts(ke, v, dec, h0c, seqs, fsegs, H, K, V, C, lowp)
+                cu_f, coff_f, n_f = fsegs[0], fsegs[1], fsegs[5]
+                hT_f = torch.empty(n_f, H, K, V, device=q.device, dtype=torch.float32) if want_final else None
+                BV = _fused_block(cfg, fast, n_f * H, V)
+            kern._fwd[(cdiv(V, BV), n_f * H)](
+                v, o, qe, ke, dec, A, x0 if x0 is not None else o, hT_f if want_final else o, cu_f, coff_f, V,
+                H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=x0 is not None, STORE_FINAL=want_final, LOWP=lowp,
                 FAST=fast, num_warps=cfg["num_warps"], num_stages=stages,
             )  # fmt: skip
+            if fsegs is not None and want_final:
+                hT = hT_f.index_select(0, fsegs[4][1:].long() - 1)
         # the K-sized products are kept, not recomputed: ~0.75 KiB per token against a second _prep launch
         ctx.save_for_backward(q, k, v, gp, tp, h0c, qe, ke, dec, A, *seqs[:4], saved_states, hT)
         ctx.meta = (B, T, scale, eps, C, seqs[4:])
