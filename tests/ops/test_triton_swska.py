@@ -105,7 +105,7 @@ def test_decode_step(monkeypatch, B, S, H, D, DV, W, dtype, km, spans):
     from rodimus.ops.triton import swska as tri
 
     if spans is not None:
-        monkeypatch.setitem(tri.__dict__, "DECODE", dict(tri.DECODE, BN=spans[0], min_span=spans[1]))
+        monkeypatch.setattr(tri, "DECODE", dict(tri.DECODE, BN=spans[0], min_span=spans[1]))
     g = torch.Generator().manual_seed(3)
     q = torch.randn(B, 1, H, D, generator=g, dtype=torch.float64)
     k = torch.randn(B, S, D, generator=g, dtype=torch.float64)

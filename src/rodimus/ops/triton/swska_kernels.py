@@ -346,9 +346,6 @@ def _dkdv_tile(dv_acc, dk, k_t, v_t, q, do, lse, delta, dstart, km, b, h, s, t0,
     return dv_acc, dk
 
 
-__all__ = ["_bwd_dkdv", "_bwd_dq", "_fwd", "triton"]
-
-
 @triton.jit
 def _decode_split(q, k, v, km, opart, mpart, lpart, S, lo, span, scale, sqb, sqh, skb, sks, svb, svs, svh, NS,
                   H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
@@ -407,3 +404,6 @@ def _decode_combine(opart, mpart, lpart, o, soh, NS, BNS: tl.constexpr, DV: tl.c
     parts = tl.load(opart + (bh * NS + i[:, None]) * BDV + dv[None, :], mask=im[:, None], other=0.0)
     out = tl.sum(w[:, None] * parts, 0) / tl.where(l_all > 0, l_all, 1.0)
     tl.store(o + bh * soh + dv, out.to(o.dtype.element_ty), mask=dv < DV)
+
+
+__all__ = ["_bwd_dkdv", "_bwd_dq", "_decode_combine", "_decode_split", "_fwd", "triton"]
