@@ -294,8 +294,10 @@ class _DDTSFunction(torch.autograd.Function):
         fast = lowp and cfg.get("lowp_products", False) and (not grad or fused_grad)
         qe, ke, dec, A = _prep(q, k, gp, tp, seqs, scale, eps, C, v.dtype if fast and not grad else torch.float32)
         o = torch.empty_like(v)
-        # every walk program writes its block of the final state (zeros for an empty document)
-        hT = torch.empty(n_seq, H, K, V, device=q.device, dtype=torch.float32) if want_final else None
+
+        def final_states(n: int) -> torch.Tensor | None:  # every walk program writes its block of them
+            return torch.empty(n, H, K, V, device=q.device, dtype=torch.float32) if want_final else None
+
         h0c = h0.contiguous() if h0 is not None else None
         saved_states = None
         BV = _fused_block(cfg, fast, n_seq * H, V)
@@ -305,6 +307,7 @@ class _DDTSFunction(torch.autograd.Function):
         split = split or (keep and cfg.get("split_with_grad", False))
         segs = _segments(seqs, T, C, cu_seqlens) if split or (grad and _split_backward(V)) else None
         if split:
+            hT = final_states(n_seq)
             lowp_states = lowp and not grad and LAUNCH["walk"].get("lowp_states", False)
             hbuf, _ = _walk(ke, v, dec, h0c, hT, seqs, H, K, V, C, lowp, lowp_states=lowp_states, segs=segs)
             if seqs[4]:
@@ -323,19 +326,19 @@ class _DDTSFunction(torch.autograd.Function):
             # parallel, each from the state entering it (found by a light walk of ends and a carry step);
             # each segment's end state is stored and a document's final state is its last segment's
             fsegs = _segments(seqs, T, C, cu_seqlens, "fwd")
-            cu_f, coff_f, x0, n_f, hT_f = seqs[0], seqs[3], h0c, n_seq, hT
+            cu_f, coff_f, x0, n_f = seqs[0], seqs[3], h0c, n_seq
             if fsegs is not None:
                 x0 = _segment_starts(ke, v, dec, h0c, seqs, fsegs, H, K, V, C, lowp)
                 cu_f, coff_f, n_f = fsegs[0], fsegs[1], fsegs[5]
-                hT_f = torch.empty(n_f, H, K, V, device=q.device, dtype=torch.float32) if want_final else None
                 BV = _fused_block(cfg, fast, n_f * H, V)
+            hT = final_states(n_f)
             kern._fwd[(cdiv(V, BV), n_f * H)](
-                v, o, qe, ke, dec, A, x0 if x0 is not None else o, hT_f if want_final else o, cu_f, coff_f, V,
+                v, o, qe, ke, dec, A, x0 if x0 is not None else o, hT if want_final else o, cu_f, coff_f, V,
                 H=H, K=K, C=C, BK=next_pow2(K), BV=BV, HAS_INIT=x0 is not None, STORE_FINAL=want_final, LOWP=lowp,
                 FAST=fast, num_warps=cfg["num_warps"], num_stages=stages,
             )  # fmt: skip
             if fsegs is not None and want_final:
-                hT = hT_f.index_select(0, fsegs[4][1:].long() - 1)
+                hT = hT.index_select(0, fsegs[4][1:].long() - 1)
         # the K-sized products are kept, not recomputed: ~0.75 KiB per token against a second _prep launch
         ctx.save_for_backward(q, k, v, gp, tp, h0c, qe, ke, dec, A, *seqs[:4], saved_states, hT)
         ctx.meta = (B, T, scale, eps, C, seqs[4:])
