@@ -15,6 +15,7 @@ Run in its own process, with ``TRITON_INTERPRET=0`` set before anything imports 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 
@@ -80,30 +81,32 @@ def _drive() -> None:
             dec.prefill(ids[:, :5])
             dec.step(ids[:, 5:6], check=False)
         # the DDTS split forms (chosen by size on a real card)
-        saved = {k: dict(v) for k, v in ddts.LAUNCH.items()}
-        ddts.LAUNCH["fwd"]["split"] = True  # restored below, like every entry
-        ddts.LAUNCH["bwd_state"].update(split=True, split_min_v=0)
-        try:
+        with _launch_restored(ddts.LAUNCH):
+            ddts.LAUNCH["fwd"]["split"] = True
+            ddts.LAUNCH["bwd_state"].update(split=True, split_min_v=0)
             model(ids, labels=ids).loss.backward()
             ddts.LAUNCH["walk"].update(segment=1, segment_min_chunks=0)  # segmented walks (2 chunks of 16)
             model(ids, labels=ids).loss.backward()
             model(packed, labels=packed, cu_seqlens=torch.tensor([0, 9, 10, 30, 37])).loss.backward()
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 model(ids)  # bf16 states in the split forward without gradients
-        finally:
-            for k, v in saved.items():
-                ddts.LAUNCH[k] = v
-        saved = {k: dict(v) for k, v in ddts.LAUNCH.items()}
-        ddts.LAUNCH["fwd"].update(segment=1, segment_min_chunks=0)  # the fused walk over segments of 1 chunk
-        try:
+        with _launch_restored(ddts.LAUNCH):
+            ddts.LAUNCH["fwd"].update(segment=1, segment_min_chunks=0)  # the fused walk over 1-chunk segments
             for bf16 in (False, True):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     model(ids, labels=ids).loss.backward()
                     with torch.no_grad():
                         model(ids)
-        finally:
-            for k, v in saved.items():
-                ddts.LAUNCH[k] = v
+
+
+@contextlib.contextmanager
+def _launch_restored(launch: dict):
+    """Every entry of a LAUNCH table as it was on entry, whatever the block changed."""
+    saved = {k: dict(v) for k, v in launch.items()}
+    try:
+        yield
+    finally:
+        launch.update(saved)
 
 
 def main() -> None:

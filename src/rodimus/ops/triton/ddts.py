@@ -209,26 +209,23 @@ def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None,
     cu, coff, n_chunks = seqs[0], seqs[3], seqs[5]
     n_doc = cu.numel() - 1
     n_sh = n_doc * H
-    BK, BV = min(cfg["BK"], next_pow2(K)), min(cfg["BV"], next_pow2(V))
     xbuf = torch.empty(n_chunks, H, K, V, device=a.device, dtype=torch.bfloat16 if lowp_states else torch.float32)
-    NV = cdiv(V, BV)
-    consts = dict(H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, LOWP=lowp, num_warps=cfg["num_warps"],
-                  num_stages=cfg["num_stages"])  # fmt: skip
+    (NK, NV), consts = _walk_blocks(H, K, V, C, reverse)
+    consts.update(LOWP=lowp, num_stages=cfg["num_stages"])
     if segs is not None and n_sh:
         scu, scoff, fin_fwd, fin_rev, first, n_seg = segs
         fin = fin_rev if reverse else fin_fwd
         ends = _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, reverse=reverse)
         if dhT is not None and xT is None:
             xT = torch.empty(n_doc, H, K, V, device=a.device, dtype=torch.float32)
-        grid = (cdiv(K, BK), NV, n_seg * H)
-        kern._walk[grid](
+        kern._walk[(NK, NV, n_seg * H)](
             a, b, dec, ends, xbuf, xT if xT is not None else xbuf, ends, ends, fin, scu, scoff, V,
             HAS_INIT=True, STORE_FINAL=xT is not None, FINP=False, MODE=2, **consts,
         )  # fmt: skip
         return xbuf, _final_term(dhT, xT)
     finp = torch.empty(NV, n_sh, K, device=a.device, dtype=torch.float32) if dhT is not None else None
     if n_sh:
-        kern._walk[(cdiv(K, BK), NV, n_sh)](
+        kern._walk[(NK, NV, n_sh)](
             a, b, dec, x0 if x0 is not None else xbuf, xbuf, xT if xT is not None else xbuf,
             dhT if dhT is not None else xbuf, finp if finp is not None else xbuf, cu, cu, coff, V,
             HAS_INIT=x0 is not None, STORE_FINAL=xT is not None, FINP=dhT is not None, **consts,
@@ -240,22 +237,29 @@ def _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, *, reverse=Fals
     """The state entering each segment of a :func:`_segments` table, [n_seg, H, K, V] float32 (zeros for
     spare segments): every segment walked from zeros in parallel (ends only), then one carry step per
     segment. What a segmented walk, or a walk with outputs over segments, starts from."""
-    cfg = LAUNCH["walk"]
     cu, coff = seqs[0], seqs[3]
     scu, scoff, fin_fwd, fin_rev, first, n_seg = segs
-    BK, BV = min(cfg["BK"], next_pow2(K)), min(cfg["BV"], next_pow2(V))
-    NV = cdiv(V, BV)
+    (NK, NV), consts = _walk_blocks(H, K, V, C, reverse)
     ends = torch.empty(n_seg, H, K, V, device=a.device, dtype=torch.float32)
-    consts = dict(H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, num_warps=cfg["num_warps"])
-    kern._walk[(cdiv(K, BK), NV, n_seg * H)](
+    kern._walk[(NK, NV, n_seg * H)](
         a, b, dec, ends, ends, ends, ends, ends, fin_rev if reverse else fin_fwd, scu, scoff, V,
-        HAS_INIT=False, STORE_FINAL=True, FINP=False, MODE=1, LOWP=lowp, num_stages=cfg["num_stages"], **consts,
+        HAS_INIT=False, STORE_FINAL=True, FINP=False, MODE=1, LOWP=lowp, num_stages=LAUNCH["walk"]["num_stages"],
+        **consts,
     )  # fmt: skip
-    kern._walk_carry[(cdiv(K, BK), NV, (cu.numel() - 1) * H)](
+    kern._walk_carry[(NK, NV, (cu.numel() - 1) * H)](
         dec, x0 if x0 is not None else ends, ends, cu, coff, scu, scoff, first, V, HAS_INIT=x0 is not None,
         **consts,
     )  # fmt: skip
     return ends
+
+
+def _walk_blocks(H: int, K: int, V: int, C: int, reverse: bool) -> tuple[tuple[int, int], dict]:
+    """The walks' [BK, BV] state blocks (LAUNCH["walk"]): the grid's K and V dimensions and the
+    compile-time arguments :func:`kern._walk` and :func:`kern._walk_carry` share."""
+    cfg = LAUNCH["walk"]
+    BK, BV = min(cfg["BK"], next_pow2(K)), min(cfg["BV"], next_pow2(V))
+    consts = dict(H=H, K=K, C=C, BK=BK, BV=BV, REVERSE=reverse, num_warps=cfg["num_warps"])
+    return (cdiv(K, BK), cdiv(V, BV)), consts
 
 
 def _same_row_stride(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -44,10 +44,15 @@ def _consts(q, v, BM: int, BN: int, km, dstart) -> dict:
     )  # fmt: skip
 
 
+def _int8_mask(key_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+    """The key mask as the kernels read it: int8, contiguous [B, S]."""
+    return key_mask.to(device=device, dtype=torch.int8).contiguous() if key_mask is not None else None
+
+
 def _meta(q, k, v, key_mask, cu_seqlens):
     B, T, H, D = q.shape
     S = k.shape[1]
-    km = key_mask.to(device=q.device, dtype=torch.int8).contiguous() if key_mask is not None else None
+    km = _int8_mask(key_mask, q.device)
     docs = None
     if cu_seqlens is not None:  # first row and one past the last row of each row's document
         docs = (document_starts(cu_seqlens, T, q.device), document_ends(cu_seqlens, T, q.device))
@@ -155,7 +160,7 @@ def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
     f32 = dict(device=q.device, dtype=torch.float32)
     opart = torch.empty(B * H * ns, BDV, **f32)
     mpart, lpart = torch.empty(B * H * ns, **f32), torch.empty(B * H * ns, **f32)
-    km = key_mask.to(device=q.device, dtype=torch.int8).contiguous() if key_mask is not None else None
+    km = _int8_mask(key_mask, q.device)
     o = torch.empty(B, 1, H, DV, device=q.device, dtype=q.dtype)
     if B * H == 0:
         return o
