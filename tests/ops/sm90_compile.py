@@ -60,7 +60,7 @@ def _compile_only(launches: collections.Counter) -> None:
 
 def _drive() -> None:
     from rodimus.models.static_decode import StaticDecoder
-    from rodimus.ops.triton import ddts, softmax_xent_grad_triton_
+    from rodimus.ops.triton import ddts, softmax_xent_grad_triton_, swska
     from tests.models.harness import build, rand_ids, tiny_config
 
     for dtype in (torch.float32, torch.bfloat16):  # the loss head's row kernel (CUDA-only in the model)
@@ -97,6 +97,12 @@ def _drive() -> None:
                     model(ids, labels=ids).loss.backward()
                     with torch.no_grad():
                         model(ids)
+    swska.DECODE["dot"] = True  # the SW-SKA decode kernels' padded-dot form (model is the Rodimus+ one)
+    with torch.no_grad():
+        for bf16 in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out = model(ids[:, :12], use_cache=True)
+                model(ids[:, 12:13], cache=out.cache, use_cache=True)
 
 
 @contextlib.contextmanager

@@ -98,14 +98,18 @@ DECODE_CASES = [  # B, S, H, D, Dv, window, dtype, key_mask, (BN, min_span): spa
 ]
 
 
+@pytest.mark.parametrize("dot", [False, True], ids=["row-sums", "dots"])
 @pytest.mark.parametrize("B,S,H,D,DV,W,dtype,km,spans", DECODE_CASES)
-def test_decode_step(monkeypatch, B, S, H, D, DV, W, dtype, km, spans):
-    """One token against a cache without autograd (the split-over-keys decode kernels): values given as the
-    cache's [B, H, S, Dv] buffer transposed (not copied), a batch row with every key masked gives zeros."""
+def test_decode_step(monkeypatch, B, S, H, D, DV, W, dtype, km, spans, dot):
+    """One token against a cache without autograd (the split-over-keys decode kernels, with row sums or
+    padded dots): values given as the cache's [B, H, S, Dv] buffer transposed (not copied), a batch row with
+    every key masked gives zeros."""
     from rodimus.ops.triton import swska as tri
 
+    cfg = dict(tri.DECODE, dot=dot)
     if spans is not None:
-        monkeypatch.setattr(tri, "DECODE", dict(tri.DECODE, BN=spans[0], min_span=spans[1]))
+        cfg.update(BN=spans[0], min_span=spans[1])
+    monkeypatch.setattr(tri, "DECODE", cfg)
     g = torch.Generator().manual_seed(3)
     q = torch.randn(B, 1, H, D, generator=g, dtype=torch.float64)
     k = torch.randn(B, S, D, generator=g, dtype=torch.float64)

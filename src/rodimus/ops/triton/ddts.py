@@ -40,8 +40,10 @@ LAUNCH = {
     # layer as a graph 7.127 -> 6.898 ms, 342M training (graphs) T2048 109,379 -> 111,512 tok/s, T8192
     # 109,207 -> 108,677 (inside the ~1% spread)
     # "segment": the fused walk over segments of this many chunks, in parallel, when a sequence can be longer
-    # than "segment_min_chunks" (0: off; not yet timed on a GPU: at B2 T8192 the walk is latency-bound, 3.8x
-    # its memory floor on the H200)
+    # than "segment_min_chunks" (0: off). H100 2026-12-08, B2 T8192 V4096 bf16 forward as graphs: off 269-271
+    # us (_fwd 236), segments of 16 / 32 / 64 chunks 384-416 / 356-386 / 418 (_fwd 110-118 but the walk to
+    # the segments' entering states 104-146 and the carry 14-47, whatever its blocks); 342M training T8192
+    # 99,854 off vs 95,038-98,229 tok/s
     "fwd": dict(BV=128, num_warps=4, num_stages=1, split_max_programs=64, save_states=True, split_with_grad=True,
                 lowp_products=True, fast_stages=2, fast_min_BV=32, fast_min_programs=256, lowp_with_grad=True,
                 segment=0, segment_min_chunks=64),

@@ -137,9 +137,13 @@ class _SWSKAFunction(torch.autograd.Function):
         return dq, dkp.sum(0).to(k.dtype), dv, None, None, None, None, None
 
 
-# one-token decode: key tile BN, warps, the fewest keys per span and the most spans per (batch, head) (the
-# merge holds every span's partial output in registers). Not yet timed on a GPU (docs/KERNELS.md)
-DECODE = dict(BN=64, num_warps=4, min_span=256, max_spans=64)
+# one-token decode: key tile BN, warps, the fewest keys per span, the most spans per (batch, head) (the
+# merge holds every span's partial output in registers) and the programs aimed for over all of them.
+# H100 2026-12-08, H16 D128 bf16, us per call inside a CUDA graph, B1 / B16 at 1K keys: 7.3 / 36.4 (BN 64,
+# 4 warps, spans of 256: 12.0 / 49.3; the training kernel 19.4 / 34.7; SDPA, key repeated, 7.4 / 28.1);
+# at 16K keys 46.9 / 434.9 (67.8 / 647.0; 364.4 / 452.0; 30.8 / 378.9). docs/BENCHMARKS.md, fifteenth session.
+# "dot": tensor-core products of the padded query row (_decode_split's docstring), not yet timed on a GPU
+DECODE = dict(BN=128, num_warps=2, min_span=128, max_spans=64, programs=_TARGET_PROGRAMS, dot=False)
 
 
 def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
@@ -153,7 +157,7 @@ def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
     n_keys = S - lo
     cfg = DECODE
     BN = cfg["BN"]
-    ns = max(1, min(cdiv(_TARGET_PROGRAMS, B * H), cdiv(n_keys, cfg["min_span"]), cfg["max_spans"]))
+    ns = max(1, min(cdiv(cfg["programs"], B * H), cdiv(n_keys, cfg["min_span"]), cfg["max_spans"]))
     span = cdiv(cdiv(n_keys, ns), BN) * BN
     ns = cdiv(n_keys, span)
     BDV = next_pow2(DV)
@@ -167,8 +171,8 @@ def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
     kern._decode_split[(B * H, ns)](
         q, k, v, km if km is not None else mpart, opart, mpart, lpart, S, lo, span, scale,
         q.stride(0), q.stride(2), k.stride(0), k.stride(1), v.stride(0), v.stride(1), v.stride(2), ns,
-        H=H, D=D, DV=DV, BD=next_pow2(D), BDV=BDV, BN=BN, HAS_KM=km is not None,
-        num_warps=cfg["num_warps"],
+        H=H, D=D, DV=DV, BD=next_pow2(D), BDV=BDV, BN=BN, HAS_KM=km is not None, DOT=cfg["dot"],
+        LOWP=q.dtype != torch.float32, num_warps=cfg["num_warps"],
     )  # fmt: skip
     kern._decode_combine[(B * H,)](opart, mpart, lpart, o, DV, ns, BNS=next_pow2(ns), DV=DV, BDV=BDV)
     return o

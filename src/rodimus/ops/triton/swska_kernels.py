@@ -349,13 +349,15 @@ def _dkdv_tile(dv_acc, dk, k_t, v_t, q, do, lse, delta, dstart, km, b, h, s, t0,
 @triton.jit
 def _decode_split(q, k, v, km, opart, mpart, lpart, S, lo, span, scale, sqb, sqh, skb, sks, svb, svs, svh, NS,
                   H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BD: tl.constexpr,
-                  BDV: tl.constexpr, BN: tl.constexpr, HAS_KM: tl.constexpr):
+                  BDV: tl.constexpr, BN: tl.constexpr, HAS_KM: tl.constexpr, DOT: tl.constexpr,
+                  LOWP: tl.constexpr):
     """One token's query (position S - 1) against keys [lo, S) of the cache, split into NS spans of
     ``span`` keys per (batch, head): the softmax partials (max, sum, unnormalised output) of one span.
 
-    A single query row leaves a tensor-core tile 1/16 full, so the scores and the weighted value sum are
-    row reductions in float32; the step reads the cache once (the shared key tile from L2 for the other
-    heads) and is bound by reading the values."""
+    The step reads the cache once (the shared key tile from L2 for the other heads) and is bound by
+    reading the values. The scores and the weighted value sum are float32 row reductions, or with DOT
+    tensor-core products of the query / probability row padded to 16 rows (15 of them zero): wasted
+    multiplies, but tiles that feed a dot are loaded through Triton's pipelined shared-memory copies."""
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b = bh // H
@@ -365,6 +367,9 @@ def _decode_split(q, k, v, km, opart, mpart, lpart, S, lo, span, scale, sqb, sqh
     q_r = tl.load(q + b * sqb + h * sqh + d, mask=d < D, other=0.0).to(tl.float32) * (scale * LOG2E)
     start = lo + sp * span
     end = tl.minimum(start + span, S)
+    if DOT:
+        row0 = tl.arange(0, 16)[:, None] == 0
+        q_16 = tl.where(row0, q_r[None, :], 0.0)
     m_i = tl.full((), -1.0e30, tl.float32)  # finite: a span with every key masked keeps alpha = 1, p = 0
     l_i = tl.zeros((), tl.float32)
     acc = tl.zeros((BDV,), tl.float32)
@@ -372,7 +377,10 @@ def _decode_split(q, k, v, km, opart, mpart, lpart, S, lo, span, scale, sqb, sqh
         s = s0 + tl.arange(0, BN)
         sm = s < end
         k_t = tl.load(k + b * skb + s[:, None] * sks + d[None, :], mask=sm[:, None] & (d[None, :] < D), other=0.0)
-        x = tl.sum(k_t.to(tl.float32) * q_r[None, :], 1)
+        if DOT:
+            x = tl.sum(mm(q_16, tl.trans(k_t), LOWP), 0)
+        else:
+            x = tl.sum(k_t.to(tl.float32) * q_r[None, :], 1)
         if HAS_KM:
             sm = sm & (tl.load(km + b * S + s, mask=sm, other=0) != 0)
         x = tl.where(sm, x, float("-inf"))
@@ -382,7 +390,10 @@ def _decode_split(q, k, v, km, opart, mpart, lpart, S, lo, span, scale, sqb, sqh
         v_t = tl.load(v + b * svb + s[:, None] * svs + h * svh + dv[None, :],
                       mask=sm[:, None] & (dv[None, :] < DV), other=0.0)
         l_i = l_i * alpha + tl.sum(p, 0)
-        acc = acc * alpha + tl.sum(p[:, None] * v_t.to(tl.float32), 0)
+        if DOT:
+            acc = acc * alpha + tl.sum(mm(tl.where(row0, p[None, :], 0.0), v_t, LOWP), 0)
+        else:
+            acc = acc * alpha + tl.sum(p[:, None] * v_t.to(tl.float32), 0)
         m_i = m_new
     part = bh * NS + sp
     tl.store(opart + part * BDV + dv, acc)
