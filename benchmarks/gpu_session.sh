@@ -34,8 +34,9 @@ step fused 200 python3 benchmarks/bench_kernels.py --only fused,layer --profile 
 # fla's chunk_gla autotuning alone took over a minute per shape (even cut to 4 configs): give it room
 step ddts 300 python3 benchmarks/bench_kernels.py --only ddts --budget 280 --json "$OUT/k_ddts.json"
 step ddts 90 python3 benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_programs": 0, "BV": 64}}]'
-# options written but not yet timed on a GPU (docs/KERNELS.md, "What remains"): the fused DDTS walk over
-# segments of long sequences (LAUNCH["fwd"]["segment"]), alone and in T=8192 training, against the default
+# options kept off, to re-check on another card: the fused DDTS walk over segments of long sequences
+# (LAUNCH["fwd"]["segment"]; slower on an H100, docs/BENCHMARKS.md fifteenth session), alone and in T=8192
+# training, against the default
 step pending 120 python3 benchmarks/ddts_forward.py \
   '[{}, {"fwd": {"segment": 16, "segment_min_chunks": 48}}, {"fwd": {"segment": 32, "segment_min_chunks": 48}}]'
 echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}}' > "$OUT/fwd_segments.json"

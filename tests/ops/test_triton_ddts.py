@@ -228,6 +228,32 @@ def test_segmented_walks(B, T, H, K, V, dtype, init, cu, chunk, segment, save, m
     _check(B, T, H, K, V, dtype, init, cu, chunk)
 
 
+GEMM_ENDS = [  # plain batches whose T is a multiple of the segment: the segments' ends as one batched GEMM
+    pytest.param(2, 128, 1, 16, 40, torch.float32, True, None, 32, 1, id="B2-T128-C32-seg1-fp32-init"),
+    pytest.param(2, 128, 2, 16, 24, torch.bfloat16, False, None, 16, 2, id="B2-T128-H2-C16-seg2-bf16"),
+]
+
+
+@pytest.mark.parametrize("where", ["fused-forward", "split-walks"])
+@pytest.mark.parametrize("B,T,H,K,V,dtype,init,cu,chunk,segment", GEMM_ENDS)
+def test_segment_ends_as_one_gemm(B, T, H, K, V, dtype, init, cu, chunk, segment, where, monkeypatch):
+    """LAUNCH["walk"]["starts_gemm"]: the segments' entering states from per-chunk-scaled ke times v (one
+    batched GEMM, then the carry), for the fused forward over segments and for the segmented walks."""
+    from rodimus.ops.triton import ddts as tri
+
+    if where == "fused-forward":
+        fwd = dict(tri.LAUNCH["fwd"], split_max_programs=0, segment=segment, segment_min_chunks=0, fast_min_BV=16)
+        monkeypatch.setitem(tri.LAUNCH, "fwd", fwd)
+        monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BV=32, starts_gemm=True))
+    else:
+        _use_split_forms(monkeypatch, 32, 2, False, BK=16, segment=segment, segment_min_chunks=0, starts_gemm=True)
+    calls = []
+    gemm = tri._segment_ends_gemm
+    monkeypatch.setattr(tri, "_segment_ends_gemm", lambda *a, **kw: calls.append(1) or gemm(*a, **kw))
+    _check(B, T, H, K, V, dtype, init, cu, chunk)
+    assert calls  # the GEMM form was taken
+
+
 @pytest.mark.parametrize("used", ["output", "final_state"])
 @pytest.mark.parametrize("split", [False, True], ids=["fused", "split"])
 def test_one_output_used(used, split, monkeypatch):

@@ -67,7 +67,10 @@ LAUNCH = {
     # step per chunk of the longest document. Off: H200 2026-12-04, 359M training, graphs, tok/s off / 8 / 16 /
     # 32: T8192 B2 99,850 / 95,969 / 97,386 / 96,087; T2048 B8 101,406 / - / 97,079 / - (the walks' GPU time fell
     # only 12.3 -> 11.4 ms per step; the carry launches and the final-state products cost more)
-    "walk": dict(BK=16, BV=64, num_warps=4, num_stages=2, lowp_states=True, segment=0, segment_min_chunks=48),
+    # "starts_gemm": where every segment is as long (a plain batch), the segments' ends from zeros as one
+    # batched GEMM (_segment_ends_gemm) instead of a walk (not yet timed on a GPU)
+    "walk": dict(BK=16, BV=64, num_warps=4, num_stages=2, lowp_states=True, segment=0, segment_min_chunks=48,
+                 starts_gemm=False),
     # per-chunk kernels. H200 2026-11-29, B8 T2048 C64: the diagonal 16x16 blocks as one [16, 16, K] tile
     # instead of a loop over columns took _prep 0.180 -> 0.141 ms (0.127 with 8 warps), _bwd_intra
     # 0.396 -> 0.210 ms (8 warps: 0.237)
@@ -130,15 +133,18 @@ def _segments(seqs, T, C, cu_seqlens, entry: str = "walk"):
     would not pay.
 
     (row bounds [n_seg + 1], first global chunk [n_seg], the document each segment ends in forward /
-    reverse walk order else -1, each document's first segment [n_doc + 1], n_seg). Built on the device
-    with a static n_seg (an upper bound; spare segments are empty), so it can be captured in a graph.
+    reverse walk order else -1, each document's first segment [n_doc + 1], n_seg, rows): built on the
+    device with a static n_seg (an upper bound; spare segments are empty), so it can be captured in a graph.
+    rows: the length of every segment where all are equal and back to back (a plain batch whose T is a
+    multiple of the segment), else 0.
     """
     seg = LAUNCH[entry].get("segment", 0)
     if not seg or cdiv(T, C) <= max(seg, LAUNCH[entry].get("segment_min_chunks", 0)):
         return None
     if cu_seqlens is None:
-        return _segment_table(seqs, C, seg)
-    return derived(cu_seqlens, ("ddts_seg", T, C, seg, seqs[0].device), lambda: _segment_table(seqs, C, seg))
+        return (*_segment_table(seqs, C, seg), seg * C if T % (seg * C) == 0 else 0)
+    table = derived(cu_seqlens, ("ddts_seg", T, C, seg, seqs[0].device), lambda: _segment_table(seqs, C, seg))
+    return (*table, 0)
 
 
 def _segment_table(seqs, C, seg):
@@ -215,7 +221,7 @@ def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None,
     (NK, NV), consts = _walk_blocks(H, K, V, C, reverse)
     consts.update(LOWP=lowp, num_stages=cfg["num_stages"])
     if segs is not None and n_sh:
-        scu, scoff, fin_fwd, fin_rev, first, n_seg = segs
+        scu, scoff, fin_fwd, fin_rev, first, n_seg, _ = segs
         fin = fin_rev if reverse else fin_fwd
         ends = _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, reverse=reverse)
         if dhT is not None and xT is None:
@@ -237,21 +243,48 @@ def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None,
 
 def _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, *, reverse=False) -> torch.Tensor:
     """The state entering each segment of a :func:`_segments` table, [n_seg, H, K, V] float32 (zeros for
-    spare segments): every segment walked from zeros in parallel (ends only), then one carry step per
-    segment. What a segmented walk, or a walk with outputs over segments, starts from."""
+    spare segments): every segment's end from zeros, found in parallel, then one carry step per segment.
+    What a segmented walk, or a walk with outputs over segments, starts from."""
     cu, coff = seqs[0], seqs[3]
-    scu, scoff, fin_fwd, fin_rev, first, n_seg = segs
+    scu, scoff, fin_fwd, fin_rev, first, n_seg, rows = segs
     (NK, NV), consts = _walk_blocks(H, K, V, C, reverse)
-    ends = torch.empty(n_seg, H, K, V, device=a.device, dtype=torch.float32)
-    kern._walk[(NK, NV, n_seg * H)](
-        a, b, dec, ends, ends, ends, ends, ends, fin_rev if reverse else fin_fwd, scu, scoff, V,
-        HAS_INIT=False, STORE_FINAL=True, FINP=False, MODE=1, LOWP=lowp, num_stages=LAUNCH["walk"]["num_stages"],
-        **consts,
-    )  # fmt: skip
+    if rows and not reverse and LAUNCH["walk"].get("starts_gemm", False):
+        ends = _segment_ends_gemm(a, b, dec, n_seg, rows, H, K, V, C, lowp)
+    else:  # a walk from zeros per segment, storing only its end
+        ends = torch.empty(n_seg, H, K, V, device=a.device, dtype=torch.float32)
+        kern._walk[(NK, NV, n_seg * H)](
+            a, b, dec, ends, ends, ends, ends, ends, fin_rev if reverse else fin_fwd, scu, scoff, V,
+            HAS_INIT=False, STORE_FINAL=True, FINP=False, MODE=1, LOWP=lowp,
+            num_stages=LAUNCH["walk"]["num_stages"], **consts,
+        )  # fmt: skip
     kern._walk_carry[(NK, NV, (cu.numel() - 1) * H)](
         dec, x0 if x0 is not None else ends, ends, cu, coff, scu, scoff, first, V, HAS_INIT=x0 is not None,
         **consts,
     )  # fmt: skip
+    return ends
+
+
+def _segment_ends_gemm(ke, v, dec, n_seg, rows, H, K, V, C, lowp) -> torch.Tensor:
+    """Each segment's end state from zeros as one batched GEMM, for segments of ``rows`` rows back to back.
+
+    A chunk's ke already carries the decay to its chunk's end, so a segment's end state is
+    sum_c (the decay of the segment's later chunks) * ke_c^T v_c: ke scaled per chunk, then [K, rows] @
+    [rows, V] per segment and head, reading v once (the walk from zeros reads it once per K block and steps
+    chunk by chunk). bf16 operands where the walk's dots take them (lowp), float32 sums."""
+    n_real = ke.shape[0] // rows
+    m = rows // C
+    d = dec.view(n_real, m, H, K)
+    later = torch.cat([torch.flip(torch.cumprod(torch.flip(d[:, 1:], [1]), 1), [1]), torch.ones_like(d[:, :1])], 1)
+    a = (ke.view(n_real, m, C, H, K) * later[:, :, None]).view(n_real, rows, H, K).permute(0, 2, 3, 1)
+    a = a.reshape(n_real * H, K, rows)
+    b = v.view(n_real, rows, H, V).transpose(1, 2).reshape(n_real * H, rows, V)
+    if lowp and a.is_cuda:
+        out = torch.bmm(a.to(v.dtype), b, out_dtype=torch.float32)
+    else:  # float32 inputs, or no float32-output bf16 GEMM on this device
+        out = torch.bmm((a.to(v.dtype) if lowp else a).float(), b.float())
+    ends = out.view(n_real, H, K, V)
+    if n_seg > n_real:  # the table's spare segments (its n_seg is an upper bound)
+        ends = torch.cat([ends, ends.new_zeros(n_seg - n_real, H, K, V)])
     return ends
 
 
