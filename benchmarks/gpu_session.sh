@@ -37,13 +37,19 @@ step ddts 90 python3 benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_progra
 # options kept off, to re-check on another card: the fused DDTS walk over segments of long sequences
 # (LAUNCH["fwd"]["segment"]; slower on an H100, docs/BENCHMARKS.md fifteenth session), alone and in T=8192
 # training, against the default
+# and written but not yet timed: the segments' entering states as one batched GEMM (LAUNCH["walk"]
+# ["starts_gemm"]); the SW-SKA decode kernels' padded-dot form and a higher program target (swska.DECODE)
 step pending 120 python3 benchmarks/ddts_forward.py \
-  '[{}, {"fwd": {"segment": 16, "segment_min_chunks": 48}}, {"fwd": {"segment": 32, "segment_min_chunks": 48}}]'
-echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}}' > "$OUT/fwd_segments.json"
+  '[{}, {"fwd": {"segment": 16, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
+    {"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}]'
+echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}' > "$OUT/fwd_segments.json"
+step pending 120 python3 benchmarks/swska_decode.py '[{}, {"dot": true}, {"programs": 1024}, {"dot": true, "programs": 1024}]'
 step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
   --micro-batch 2
 step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
   --micro-batch 2 --ddts-launch "$OUT/fwd_segments.json"
+step pending 100 python3 benchmarks/bench_decode.py --models rodimus_plus --batches 1,16 --contexts 1024,32768 --fuse-qkv \
+  --json "$OUT/bench_decode_plus.json"
 step swska 240 python3 benchmarks/bench_kernels.py --only swska --flex --budget 220 --json "$OUT/k_swska.json"
 step decode 120 python3 benchmarks/bench_kernels.py --only decode --budget 100 --json "$OUT/k_decode.json"
 step train 150 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus,rodimus_plus --steps 10 --warmup 3 \

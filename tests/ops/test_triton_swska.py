@@ -127,6 +127,23 @@ def test_decode_step(monkeypatch, B, S, H, D, DV, W, dtype, km, spans, dot):
         assert torch.all(o[-1] == 0)
 
 
+def test_decode_benchmark_runs():
+    """benchmarks/swska_decode.py (the decode step per DECODE setting against SDPA and its floor) runs, and
+    checks every variant's output."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/swska_decode.py", "--smoke", '[{}, {"dot": true}]'],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errs = [float(e.split(")")[0]) for e in proc.stdout.split("err ")[1:]]
+    assert len(errs) == 2 and max(errs) < TOL[torch.bfloat16], proc.stdout
+
+
 def test_registered_with_the_torch_signature():
     assert dispatch.triton_available()
     assert dispatch.REGISTRY["swska"]["triton"] is swska_triton

@@ -364,12 +364,13 @@ def _decode_split(q, k, v, km, opart, mpart, lpart, S, lo, span, scale, sqb, sqh
     h = bh % H
     d = tl.arange(0, BD)
     dv = tl.arange(0, BDV)
-    q_r = tl.load(q + b * sqb + h * sqh + d, mask=d < D, other=0.0).to(tl.float32) * (scale * LOG2E)
+    q_raw = tl.load(q + b * sqb + h * sqh + d, mask=d < D, other=0.0)
+    q_r = q_raw.to(tl.float32) * (scale * LOG2E)
     start = lo + sp * span
     end = tl.minimum(start + span, S)
     if DOT:
         row0 = tl.arange(0, 16)[:, None] == 0
-        q_16 = tl.where(row0, q_r[None, :], 0.0)
+        q_16 = tl.where(row0, q_raw[None, :], 0.0).to(q_raw.dtype)  # unscaled: bf16 holds q exactly
     m_i = tl.full((), -1.0e30, tl.float32)  # finite: a span with every key masked keeps alpha = 1, p = 0
     l_i = tl.zeros((), tl.float32)
     acc = tl.zeros((BDV,), tl.float32)
@@ -378,7 +379,7 @@ def _decode_split(q, k, v, km, opart, mpart, lpart, S, lo, span, scale, sqb, sqh
         sm = s < end
         k_t = tl.load(k + b * skb + s[:, None] * sks + d[None, :], mask=sm[:, None] & (d[None, :] < D), other=0.0)
         if DOT:
-            x = tl.sum(mm(q_16, tl.trans(k_t), LOWP), 0)
+            x = tl.sum(mm(q_16, tl.trans(k_t), LOWP), 0) * (scale * LOG2E)
         else:
             x = tl.sum(k_t.to(tl.float32) * q_r[None, :], 1)
         if HAS_KM:
