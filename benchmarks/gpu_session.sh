@@ -48,6 +48,9 @@ step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus
   --micro-batch 2
 step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
   --micro-batch 2 --ddts-launch "$OUT/fwd_segments.json"
+echo '{"walk": {"segment": 16, "starts_gemm": true}}' > "$OUT/walk_segments.json"
+step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
+  --micro-batch 2 --ddts-launch "$OUT/walk_segments.json"
 step pending 100 python3 benchmarks/bench_decode.py --models rodimus_plus --batches 1,16 --contexts 1024,32768 --fuse-qkv \
   --json "$OUT/bench_decode_plus.json"
 step swska 240 python3 benchmarks/bench_kernels.py --only swska --flex --budget 220 --json "$OUT/k_swska.json"

@@ -237,8 +237,9 @@ GEMM_ENDS = [  # plain batches whose T is a multiple of the segment: the segment
 @pytest.mark.parametrize("where", ["fused-forward", "split-walks"])
 @pytest.mark.parametrize("B,T,H,K,V,dtype,init,cu,chunk,segment", GEMM_ENDS)
 def test_segment_ends_as_one_gemm(B, T, H, K, V, dtype, init, cu, chunk, segment, where, monkeypatch):
-    """LAUNCH["walk"]["starts_gemm"]: the segments' entering states from per-chunk-scaled ke times v (one
-    batched GEMM, then the carry), for the fused forward over segments and for the segmented walks."""
+    """LAUNCH["walk"]["starts_gemm"]: the segments' entering states from the per-chunk-scaled products (one
+    batched GEMM, then the carry), for the fused forward over segments and for the segmented walks (the
+    reverse dS walk too)."""
     from rodimus.ops.triton import ddts as tri
 
     if where == "fused-forward":
@@ -247,11 +248,12 @@ def test_segment_ends_as_one_gemm(B, T, H, K, V, dtype, init, cu, chunk, segment
         monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BV=32, starts_gemm=True))
     else:
         _use_split_forms(monkeypatch, 32, 2, False, BK=16, segment=segment, segment_min_chunks=0, starts_gemm=True)
-    calls = []
+    reverse = []  # of each call of the GEMM form
     gemm = tri._segment_ends_gemm
-    monkeypatch.setattr(tri, "_segment_ends_gemm", lambda *a, **kw: calls.append(1) or gemm(*a, **kw))
+    monkeypatch.setattr(tri, "_segment_ends_gemm", lambda *a: reverse.append(a[10]) or gemm(*a))
     _check(B, T, H, K, V, dtype, init, cu, chunk)
-    assert calls  # the GEMM form was taken
+    # the fused forward's segments, or both walks of the split forms (forward states, reverse dS)
+    assert set(reverse) == ({False} if where == "fused-forward" else {False, True})
 
 
 @pytest.mark.parametrize("used", ["output", "final_state"])

@@ -67,8 +67,8 @@ LAUNCH = {
     # step per chunk of the longest document. Off: H200 2026-12-04, 359M training, graphs, tok/s off / 8 / 16 /
     # 32: T8192 B2 99,850 / 95,969 / 97,386 / 96,087; T2048 B8 101,406 / - / 97,079 / - (the walks' GPU time fell
     # only 12.3 -> 11.4 ms per step; the carry launches and the final-state products cost more)
-    # "starts_gemm": where every segment is as long (a plain batch), the segments' ends from zeros as one
-    # batched GEMM (_segment_ends_gemm) instead of a walk (not yet timed on a GPU)
+    # "starts_gemm": where every segment is as long (a plain batch), the segments' ends from zeros (forward
+    # and reverse walks) as one batched GEMM (_segment_ends_gemm) instead of a walk (not yet timed on a GPU)
     "walk": dict(BK=16, BV=64, num_warps=4, num_stages=2, lowp_states=True, segment=0, segment_min_chunks=48,
                  starts_gemm=False),
     # per-chunk kernels. H200 2026-11-29, B8 T2048 C64: the diagonal 16x16 blocks as one [16, 16, K] tile
@@ -248,8 +248,8 @@ def _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, *, reverse=Fals
     cu, coff = seqs[0], seqs[3]
     scu, scoff, fin_fwd, fin_rev, first, n_seg, rows = segs
     (NK, NV), consts = _walk_blocks(H, K, V, C, reverse)
-    if rows and not reverse and LAUNCH["walk"].get("starts_gemm", False):
-        ends = _segment_ends_gemm(a, b, dec, n_seg, rows, H, K, V, C, lowp)
+    if rows and LAUNCH["walk"].get("starts_gemm", False):
+        ends = _segment_ends_gemm(a, b, dec, n_seg, rows, H, K, V, C, lowp, reverse)
     else:  # a walk from zeros per segment, storing only its end
         ends = torch.empty(n_seg, H, K, V, device=a.device, dtype=torch.float32)
         kern._walk[(NK, NV, n_seg * H)](
@@ -264,24 +264,30 @@ def _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, *, reverse=Fals
     return ends
 
 
-def _segment_ends_gemm(ke, v, dec, n_seg, rows, H, K, V, C, lowp) -> torch.Tensor:
-    """Each segment's end state from zeros as one batched GEMM, for segments of ``rows`` rows back to back.
+def _segment_ends_gemm(a, b, dec, n_seg, rows, H, K, V, C, lowp, reverse=False) -> torch.Tensor:
+    """Each segment's end state from zeros (in walk order) as one batched GEMM, for segments of ``rows``
+    rows back to back.
 
-    A chunk's ke already carries the decay to its chunk's end, so a segment's end state is
-    sum_c (the decay of the segment's later chunks) * ke_c^T v_c: ke scaled per chunk, then [K, rows] @
-    [rows, V] per segment and head, reading v once (the walk from zeros reads it once per K block and steps
-    chunk by chunk). bf16 operands where the walk's dots take them (lowp), float32 sums."""
-    n_real = ke.shape[0] // rows
+    A walk from zeros over a segment's chunks (X <- dec_c X + a_c^T b_c) ends at sum_c w_c a_c^T b_c, w_c
+    the product of dec over the chunks walked after c (forward: the later ones; REVERSE: the earlier
+    ones): a scaled per chunk, then [K, rows] @ [rows, V] per segment and head, reading b once (the walk
+    reads it once per K block and steps chunk by chunk). bf16 operands where the walk's dots take them
+    (lowp), float32 sums."""
+    n_real = a.shape[0] // rows
     m = rows // C
     d = dec.view(n_real, m, H, K)
-    later = torch.cat([torch.flip(torch.cumprod(torch.flip(d[:, 1:], [1]), 1), [1]), torch.ones_like(d[:, :1])], 1)
-    a = (ke.view(n_real, m, C, H, K) * later[:, :, None]).view(n_real, rows, H, K).permute(0, 2, 3, 1)
+    one = torch.ones_like(d[:, :1])
+    if reverse:
+        w = torch.cat([one, torch.cumprod(d[:, :-1], 1)], 1)
+    else:
+        w = torch.cat([torch.flip(torch.cumprod(torch.flip(d[:, 1:], [1]), 1), [1]), one], 1)
+    a = (a.view(n_real, m, C, H, K) * w[:, :, None]).view(n_real, rows, H, K).permute(0, 2, 3, 1)
     a = a.reshape(n_real * H, K, rows)
-    b = v.view(n_real, rows, H, V).transpose(1, 2).reshape(n_real * H, rows, V)
+    b = b.view(n_real, rows, H, V).transpose(1, 2).reshape(n_real * H, rows, V)
     if lowp and a.is_cuda:
-        out = torch.bmm(a.to(v.dtype), b, out_dtype=torch.float32)
+        out = torch.bmm(a.to(b.dtype), b, out_dtype=torch.float32)
     else:  # float32 inputs, or no float32-output bf16 GEMM on this device
-        out = torch.bmm((a.to(v.dtype) if lowp else a).float(), b.float())
+        out = torch.bmm((a.to(b.dtype) if lowp else a).float(), b.float())
     ends = out.view(n_real, H, K, V)
     if n_seg > n_real:  # the table's spare segments (its n_seg is an upper bound)
         ends = torch.cat([ends, ends.new_zeros(n_seg - n_real, H, K, V)])
