@@ -142,9 +142,15 @@ def _segments(seqs, T, C, cu_seqlens, entry: str = "walk"):
     if not seg or cdiv(T, C) <= max(seg, LAUNCH[entry].get("segment_min_chunks", 0)):
         return None
     if cu_seqlens is None:
-        return (*_segment_table(seqs, C, seg), seg * C if T % (seg * C) == 0 else 0)
+        return _batch_segment_table(seqs[0].numel() - 1, T, C, seg, seqs[0].device)
     table = derived(cu_seqlens, ("ddts_seg", T, C, seg, seqs[0].device), lambda: _segment_table(seqs, C, seg))
     return (*table, 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_segment_table(B, T, C, seg, device):
+    """A plain batch's segment table, built once per shape (as :func:`_batch_sequences`)."""
+    return (*_segment_table(_batch_sequences(B, T, C, device), C, seg), seg * C if T % (seg * C) == 0 else 0)
 
 
 def _segment_table(seqs, C, seg):
