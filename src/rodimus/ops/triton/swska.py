@@ -171,7 +171,8 @@ def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
     kern._decode_split[(B * H, ns)](
         q, k, v, km if km is not None else mpart, opart, mpart, lpart, S, lo, span, scale,
         q.stride(0), q.stride(2), k.stride(0), k.stride(1), v.stride(0), v.stride(1), v.stride(2), ns,
-        H=H, D=D, DV=DV, BD=next_pow2(D), BDV=BDV, BN=BN, HAS_KM=km is not None, DOT=cfg["dot"],
+        H=H, D=D, DV=DV, BD=next_pow2(D), BDV=BDV, BN=BN, HAS_KM=km is not None,
+        DOT=cfg["dot"] and min(next_pow2(D), BDV, BN) >= 16,  # a tensor-core tile's smallest side
         LOWP=q.dtype != torch.float32, num_warps=cfg["num_warps"],
     )  # fmt: skip
     kern._decode_combine[(B * H,)](opart, mpart, lpart, o, DV, ns, BNS=next_pow2(ns), DV=DV, BDV=BDV)
