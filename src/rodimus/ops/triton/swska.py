@@ -161,9 +161,8 @@ def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
     span = cdiv(cdiv(n_keys, ns), BN) * BN
     ns = cdiv(n_keys, span)
     BDV = next_pow2(DV)
-    f32 = dict(device=q.device, dtype=torch.float32)
-    opart = torch.empty(B * H * ns, BDV, **f32)
-    mpart, lpart = torch.empty(B * H * ns, **f32), torch.empty(B * H * ns, **f32)
+    n = B * H * ns  # the spans' partials: outputs [n, BDV], maxima [n], sums [n], in one allocation
+    opart, mpart, lpart = torch.empty(n * (BDV + 2), device=q.device, dtype=torch.float32).split([n * BDV, n, n])
     km = _int8_mask(key_mask, q.device)
     o = torch.empty(B, 1, H, DV, device=q.device, dtype=q.dtype)
     if B * H == 0:
