@@ -67,6 +67,17 @@ def record(group, name, shape, ms, **extra):
     return ms
 
 
+def copy_bandwidth(script: str, smoke: bool) -> float:
+    """Bytes/s of a 1 GiB copy on this GPU, what a script's floors are set by (NaN for a ``--smoke`` CPU
+    check); a timed run without a GPU stops with a message naming ``script``."""
+    if smoke:
+        return float("nan")
+    if not torch.cuda.is_available():
+        raise SystemExit(f"{script} needs a CUDA GPU (or --smoke)")
+    print(torch.cuda.get_device_name())
+    return ceilings()[0] * 1e12
+
+
 def ceilings() -> tuple[float, float]:
     x = torch.randn(512 * 2**20, device="cuda", dtype=torch.bfloat16)  # 1 GiB
     y = torch.empty_like(x)

@@ -17,7 +17,7 @@ import argparse
 import json
 
 import torch
-from bench_kernels import bench, ceilings, graphed, kernel_events
+from bench_kernels import bench, copy_bandwidth, graphed, kernel_events
 
 from rodimus.ops.triton import ddts as tri
 
@@ -72,12 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("variants", nargs="?", default="[{}]", help="JSON list of LAUNCH overrides")
     p.add_argument("--smoke", action="store_true", help="toy sizes, one call each, no timing (CPU check)")
     args = p.parse_args(argv)
-    if not args.smoke and not torch.cuda.is_available():
-        raise SystemExit("ddts_forward needs a CUDA GPU (or --smoke)")
-    bw = float("nan")
-    if not args.smoke:
-        print(torch.cuda.get_device_name())
-        bw = ceilings()[0] * 1e12  # bytes/s of a 1 GiB copy
+    bw = copy_bandwidth("ddts_forward", args.smoke)
     for B, T in [(1, 128)] if args.smoke else [(8, 2048), (2, 8192)]:
         run_shape(B, T, 64, 128 if args.smoke else 4096, json.loads(args.variants), bw, args.smoke)
 

@@ -18,7 +18,7 @@ import argparse
 import json
 
 import torch
-from bench_kernels import ceilings, graph_per_call
+from bench_kernels import copy_bandwidth, graph_per_call
 
 from rodimus.ops.swska import swska_blocked
 from rodimus.ops.triton import swska as tri
@@ -73,12 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--contexts", default="512,1024,4096,16384", help="cached keys per sequence")
     p.add_argument("--smoke", action="store_true", help="toy sizes, one call each, no timing (CPU check)")
     args = p.parse_args(argv)
-    if not args.smoke and not torch.cuda.is_available():
-        raise SystemExit("swska_decode needs a CUDA GPU (or --smoke)")
-    bw = float("nan")
-    if not args.smoke:
-        print(torch.cuda.get_device_name())
-        bw = ceilings()[0] * 1e12  # bytes/s of a 1 GiB copy
+    bw = copy_bandwidth("swska_decode", args.smoke)
     variants = json.loads(args.variants)
     if args.smoke:
         shapes = [(2, 300)]

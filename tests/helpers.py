@@ -1,6 +1,10 @@
-"""The one tolerance helper every numerical test uses."""
+"""The one tolerance helper every numerical test uses, and the runner of benchmark scripts' smoke checks."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -16,3 +20,13 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, *, rel
     assert err <= rel, f"{name}: relative RMS error {err:.3e} > {rel:.1e} (abs max {amax:.3e})"
     if atol is not None:
         assert amax <= atol, f"{name}: abs max error {amax:.3e} > {atol:.1e} (relative {err:.3e})"
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    """Run ``benchmarks/<script>`` with ``args`` from the repo root (a ``--smoke`` CPU check); its stdout.
+    A non-zero exit fails the test with the script's stderr."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, f"benchmarks/{script}", *args]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout

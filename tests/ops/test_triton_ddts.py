@@ -12,7 +12,7 @@ pytest.importorskip("triton", reason="the triton extra is not installed (pip ins
 from rodimus.ops import dispatch  # noqa: E402
 from rodimus.ops.ddts import ddts_chunk, ddts_naive  # noqa: E402
 from rodimus.ops.triton import ddts_decode_, ddts_triton  # noqa: E402
-from tests.helpers import assert_close  # noqa: E402
+from tests.helpers import assert_close, run_benchmark  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels on a GPU, else the interpreter
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
@@ -423,14 +423,5 @@ def test_column_slices_are_read_in_place(H):
 
 def test_forward_benchmark_runs():
     """benchmarks/ddts_forward.py (the no-grad forward against its floor, per launch setting) runs."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/ddts_forward.py", "--smoke", '[{}, {"prep": {"BK": 16}}]'],
-        cwd=root, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("_prep alone") == 2 and proc.stdout.count("floor") == 2, proc.stdout
+    out = run_benchmark("ddts_forward.py", "--smoke", '[{}, {"prep": {"BK": 16}}]')
+    assert out.count("_prep alone") == 2 and out.count("floor") == 2, out

@@ -12,7 +12,7 @@ pytest.importorskip("triton", reason="the triton extra is not installed (pip ins
 from rodimus.ops import dispatch  # noqa: E402
 from rodimus.ops.swska import swska_blocked, swska_naive  # noqa: E402
 from rodimus.ops.triton import swska_triton  # noqa: E402
-from tests.helpers import assert_close  # noqa: E402
+from tests.helpers import assert_close, run_benchmark  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels on a GPU, else the interpreter
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
@@ -130,18 +130,9 @@ def test_decode_step(monkeypatch, B, S, H, D, DV, W, dtype, km, spans, dot):
 def test_decode_benchmark_runs():
     """benchmarks/swska_decode.py (the decode step per DECODE setting against SDPA and its floor) runs, and
     checks every variant's output."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/swska_decode.py", "--smoke", '[{}, {"dot": true}]'],
-        cwd=root, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    errs = [float(e.split(")")[0]) for e in proc.stdout.split("err ")[1:]]
-    assert len(errs) == 2 and max(errs) < TOL[torch.bfloat16], proc.stdout
+    out = run_benchmark("swska_decode.py", "--smoke", '[{}, {"dot": true}]')
+    errs = [float(e.split(")")[0]) for e in out.split("err ")[1:]]
+    assert len(errs) == 2 and max(errs) < TOL[torch.bfloat16], out
 
 
 def test_registered_with_the_torch_signature():
