@@ -43,7 +43,8 @@ step pending 120 python3 benchmarks/ddts_forward.py \
   '[{}, {"fwd": {"segment": 16, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
     {"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}]'
 echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}' > "$OUT/fwd_segments.json"
-step pending 120 python3 benchmarks/swska_decode.py '[{}, {"dot": true}, {"programs": 1024}, {"dot": true, "programs": 1024}]'
+step pending 120 python3 benchmarks/swska_decode.py '[{}, {"programs": 1024}, {"dot": true, "BN": 64, "num_warps": 4},
+  {"dot": true, "BN": 64, "num_warps": 4, "programs": 1024}, {"dot": true, "BN": 32}]'
 step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
   --micro-batch 2
 step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \

@@ -1,5 +1,7 @@
 """Registers, spilled bytes and shared memory of each DDTS Triton kernel on sm_90, without a GPU.
 
+(With ``--decode``, of the SW-SKA decode kernels too.)
+
 A kernel that spills registers (or holds so many that one program fills an SM) is slow in a way no
 CPU test shows. This compiles the DDTS kernels for an H100/H200 through the compile-only driver of
 ``tests/ops/sm90_compile.py`` at a real training shape (their registers depend on the constexpr
@@ -9,6 +11,10 @@ reads each cubin's resource usage with the ``cuobjdump`` that ships with Triton'
 
     TRITON_INTERPRET=0 python benchmarks/kernel_resources.py                 # K 64, chunk 64, bf16
     TRITON_INTERPRET=0 python benchmarks/kernel_resources.py --set intra.num_warps=4 --set walk.BV=128
+    TRITON_INTERPRET=0 python benchmarks/kernel_resources.py --decode BN=64 --decode dot=1   # + SW-SKA decode
+
+``--decode`` also compiles the SW-SKA decode kernels (H16 D128, 1024 cached keys) with those
+``rodimus.ops.triton.swska.DECODE`` overrides.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     p.add_argument("--set", action="append", default=[], metavar="ENTRY.KEY=INT",
                    help="override rodimus.ops.triton.ddts.LAUNCH[ENTRY][KEY] (repeatable)")  # fmt: skip
+    p.add_argument("--decode", action="append", default=None, metavar="KEY=INT",
+                   help="also the SW-SKA decode kernels, with swska.DECODE[KEY] overridden (repeatable)")  # fmt: skip
     args = p.parse_args(argv)
     cuobjdump = str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
     if not Path(cuobjdump).exists():
@@ -91,10 +99,27 @@ def main(argv: list[str] | None = None) -> None:
         o, _ = ddts.ddts_triton(r(args.K), r(args.K), r(args.V), r(args.K), r(args.K), chunk_size=args.chunk,
                                 output_final_state=False)  # fmt: skip
         o.float().sum().backward()
-    print(f"DDTS kernels for sm_90, K {args.K}, V {args.V}, chunk {args.chunk}, {args.dtype}")
+    if args.decode is not None:
+        _drive_decode(args.decode, dtype)
+    print(f"kernels for sm_90, DDTS at K {args.K}, V {args.V}, chunk {args.chunk}, {args.dtype}")
     print(f"{'kernel':28s} {'REG':>4} {'STACK':>6} {'SMEM':>7}")
     for name, kernel in sorted(kernels.items()):
         print(f"{name:28s} {_usage(kernel.asm['cubin'], cuobjdump)} {kernel.metadata.shared:>7}")
+
+
+def _drive_decode(overrides: list[str], dtype: torch.dtype) -> None:
+    from rodimus.ops.triton import swska
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key not in swska.DECODE or not value.isdigit():
+            raise ValueError(f"--decode {item!r}: want KEY=INT with KEY in {sorted(swska.DECODE)}")
+        swska.DECODE[key] = type(swska.DECODE[key])(int(value))
+    H, D, S = 16, 128, 1024
+    with torch.no_grad():
+        swska.swska_triton(torch.randn(1, 1, H, D, dtype=dtype), torch.randn(1, S, D, dtype=dtype),
+                           torch.randn(1, S, H, D, dtype=dtype), window=S)  # fmt: skip
+    print("SW-SKA decode:", swska.DECODE)
 
 
 if __name__ == "__main__":

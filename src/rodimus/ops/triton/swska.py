@@ -142,7 +142,9 @@ class _SWSKAFunction(torch.autograd.Function):
 # H100 2026-12-08, H16 D128 bf16, us per call inside a CUDA graph, B1 / B16 at 1K keys: 7.3 / 36.4 (BN 64,
 # 4 warps, spans of 256: 12.0 / 49.3; the training kernel 19.4 / 34.7; SDPA, key repeated, 7.4 / 28.1);
 # at 16K keys 46.9 / 434.9 (67.8 / 647.0; 364.4 / 452.0; 30.8 / 378.9). docs/BENCHMARKS.md, fifteenth session.
-# "dot": tensor-core products of the padded query row (_decode_split's docstring), not yet timed on a GPU
+# "dot": tensor-core products of the padded query row (_decode_split's docstring), not yet timed on a GPU;
+# its pipelined tiles take shared memory (benchmarks/kernel_resources.py --decode, H16 D128 bf16: 139 KB at
+# BN 128, one program per SM; 72 KB at BN 64, 38 KB at BN 32; the row-sum form 0.5-2 KB): it wants a smaller BN
 DECODE = dict(BN=128, num_warps=2, min_span=128, max_spans=64, programs=_TARGET_PROGRAMS, dot=False)
 
 
