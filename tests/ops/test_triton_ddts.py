@@ -158,6 +158,16 @@ def test_bf16_products_with_grad(B, T, H, K, V, dtype, init, cu, chunk, split_bw
     _check(B, T, H, K, V, dtype, init, cu, chunk)
 
 
+def _use_fused_segments(monkeypatch, segment, **walk):
+    """Force the fused forward walk over segments of `segment` chunks (LAUNCH["fwd"]["segment"]), and `walk`
+    settings."""
+    from rodimus.ops.triton import ddts as tri
+
+    fwd = dict(tri.LAUNCH["fwd"], split_max_programs=0, segment=segment, segment_min_chunks=0, fast_min_BV=16)
+    monkeypatch.setitem(tri.LAUNCH, "fwd", fwd)
+    monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BV=32, **walk))
+
+
 FWD_SEGMENTS = [  # the fused forward walk over segments of documents (LAUNCH["fwd"]["segment"])
     pytest.param(*CASES[0].values, 1, id="B2-T63-init-seg1-fp32"),
     pytest.param(*CASES[4].values, 1, id="packed4-seg1-fp32"),
@@ -175,9 +185,7 @@ def test_fused_forward_over_segments(B, T, H, K, V, dtype, init, cu, chunk, segm
     products), initial states, empty and multi-segment documents."""
     from rodimus.ops.triton import ddts as tri
 
-    fwd = dict(tri.LAUNCH["fwd"], split_max_programs=0, segment=segment, segment_min_chunks=0, fast_min_BV=16)
-    monkeypatch.setitem(tri.LAUNCH, "fwd", fwd)
-    monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BV=32))
+    _use_fused_segments(monkeypatch, segment)
     calls = []
     starts = tri._segment_starts
     monkeypatch.setattr(tri, "_segment_starts", lambda *a, **kw: calls.append(1) or starts(*a, **kw))
@@ -243,9 +251,7 @@ def test_segment_ends_as_one_gemm(B, T, H, K, V, dtype, init, cu, chunk, segment
     from rodimus.ops.triton import ddts as tri
 
     if where == "fused-forward":
-        fwd = dict(tri.LAUNCH["fwd"], split_max_programs=0, segment=segment, segment_min_chunks=0, fast_min_BV=16)
-        monkeypatch.setitem(tri.LAUNCH, "fwd", fwd)
-        monkeypatch.setitem(tri.LAUNCH, "walk", dict(tri.LAUNCH["walk"], BV=32, starts_gemm=True))
+        _use_fused_segments(monkeypatch, segment, starts_gemm=True)
     else:
         _use_split_forms(monkeypatch, 32, 2, False, BK=16, segment=segment, segment_min_chunks=0, starts_gemm=True)
     reverse = []  # of each call of the GEMM form

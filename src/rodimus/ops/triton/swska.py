@@ -162,13 +162,13 @@ def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
     ns = max(1, min(cdiv(cfg["programs"], B * H), cdiv(n_keys, cfg["min_span"]), cfg["max_spans"]))
     span = cdiv(cdiv(n_keys, ns), BN) * BN
     ns = cdiv(n_keys, span)
+    o = torch.empty(B, 1, H, DV, device=q.device, dtype=q.dtype)
+    if B * H == 0:
+        return o
     BDV = next_pow2(DV)
     n = B * H * ns  # the spans' partials: outputs [n, BDV], maxima [n], sums [n], in one allocation
     opart, mpart, lpart = torch.empty(n * (BDV + 2), device=q.device, dtype=torch.float32).split([n * BDV, n, n])
     km = _int8_mask(key_mask, q.device)
-    o = torch.empty(B, 1, H, DV, device=q.device, dtype=q.dtype)
-    if B * H == 0:
-        return o
     kern._decode_split[(B * H, ns)](
         q, k, v, km if km is not None else mpart, opart, mpart, lpart, S, lo, span, scale,
         q.stride(0), q.stride(2), k.stride(0), k.stride(1), v.stride(0), v.stride(1), v.stride(2), ns,
