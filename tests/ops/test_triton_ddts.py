@@ -256,7 +256,7 @@ def test_segment_ends_as_one_gemm(B, T, H, K, V, dtype, init, cu, chunk, segment
         _use_split_forms(monkeypatch, 32, 2, False, BK=16, segment=segment, segment_min_chunks=0, starts_gemm=True)
     reverse = []  # of each call of the GEMM form
     gemm = tri._segment_ends_gemm
-    monkeypatch.setattr(tri, "_segment_ends_gemm", lambda *a: reverse.append(a[10]) or gemm(*a))
+    monkeypatch.setattr(tri, "_segment_ends_gemm", lambda *a: reverse.append(a[-1]) or gemm(*a))
     _check(B, T, H, K, V, dtype, init, cu, chunk)
     # the fused forward's segments, or both walks of the split forms (forward states, reverse dS)
     assert set(reverse) == ({False} if where == "fused-forward" else {False, True})
@@ -318,7 +318,8 @@ def test_segment_table():
     cu = torch.tensor([0, 7, 7, 200, 230])
     C, seg = 16, 3
     seqs = tri._sequences(cu, 1, 230, C, "cpu")
-    scu, scoff, fin_fwd, fin_rev, first, n_seg = tri._segment_table(seqs, C, seg)
+    table = tri._segment_table(seqs, C, seg)
+    scu, scoff, fin_fwd, fin_rev, first = table.cu, table.coff, table.fin_fwd, table.fin_rev, table.first
     docs = []
     for d in range(4):
         ids = range(int(first[d]), int(first[d + 1]))
@@ -328,9 +329,10 @@ def test_segment_table():
             assert int(scoff[i]) == int(seqs[3][d]) + (i - ids[0]) * seg
         assert [int(fin_fwd[i]) for i in ids] == [-1] * (len(ids) - 1) + [d]
         assert [int(fin_rev[i]) for i in ids] == [d] + [-1] * (len(ids) - 1)
+        assert int(table.last[d]) == ids[-1]
         docs.append(len(ids))
     assert docs == [1, 1, 5, 1]
-    spare = range(int(first[4]), n_seg)
+    spare = range(int(first[4]), table.n_seg)
     assert all(int(scu[i]) == 230 and int(fin_fwd[i]) == -1 == int(fin_rev[i]) for i in spare)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 
@@ -128,32 +129,39 @@ def _packed_sequences(cu_seqlens, T, C, device):
     return cu, chunk_seq, chunk_idx, coff, n_slots, n_slots
 
 
-def _segments(seqs, T, C, cu_seqlens, entry: str = "walk"):
-    """The segment table of a segmented walk (LAUNCH[entry]["segment"] chunks a segment), or None when it
-    would not pay.
+class _SegmentTable(NamedTuple):
+    """Segments of ``seg`` chunks tiling every document in order, built on the device with a static
+    ``n_seg`` (an upper bound; spare segments are empty) so that it can be captured in a graph."""
 
-    (row bounds [n_seg + 1], first global chunk [n_seg], the document each segment ends in forward /
-    reverse walk order else -1, each document's first segment [n_doc + 1], n_seg, rows): built on the
-    device with a static n_seg (an upper bound; spare segments are empty), so it can be captured in a graph.
-    rows: the length of every segment where all are equal and back to back (a plain batch whose T is a
-    multiple of the segment), else 0.
-    """
+    cu: torch.Tensor  # row bounds [n_seg + 1]
+    coff: torch.Tensor  # first global chunk [n_seg]
+    fin_fwd: torch.Tensor  # the document a segment ends in forward walk order, else -1 [n_seg]
+    fin_rev: torch.Tensor  # the same for the reverse walk [n_seg]
+    first: torch.Tensor  # each document's first segment [n_doc + 1]
+    last: torch.Tensor  # each document's last segment (int64, to gather its final state) [n_doc]
+    n_seg: int
+    seg: int
+    rows: int  # every segment's length where all are equal and back to back (a plain batch), else 0
+
+
+def _segments(seqs, T, C, cu_seqlens, entry: str = "walk") -> _SegmentTable | None:
+    """The segment table of a segmented walk (LAUNCH[entry]["segment"] chunks a segment), or None when it
+    would not pay."""
     seg = LAUNCH[entry].get("segment", 0)
     if not seg or cdiv(T, C) <= max(seg, LAUNCH[entry].get("segment_min_chunks", 0)):
         return None
     if cu_seqlens is None:
         return _batch_segment_table(seqs[0].numel() - 1, T, C, seg, seqs[0].device)
-    table = derived(cu_seqlens, ("ddts_seg", T, C, seg, seqs[0].device), lambda: _segment_table(seqs, C, seg))
-    return (*table, 0)
+    return derived(cu_seqlens, ("ddts_seg", T, C, seg, seqs[0].device), lambda: _segment_table(seqs, C, seg))
 
 
 @functools.lru_cache(maxsize=64)
-def _batch_segment_table(B, T, C, seg, device):
+def _batch_segment_table(B, T, C, seg, device) -> _SegmentTable:
     """A plain batch's segment table, built once per shape (as :func:`_batch_sequences`)."""
-    return (*_segment_table(_batch_sequences(B, T, C, device), C, seg), seg * C if T % (seg * C) == 0 else 0)
+    return _segment_table(_batch_sequences(B, T, C, device), C, seg, seg * C if T % (seg * C) == 0 else 0)
 
 
-def _segment_table(seqs, C, seg):
+def _segment_table(seqs, C, seg, rows=0) -> _SegmentTable:
     cu, coff, n_chunks = seqs[0].long(), seqs[3].long(), seqs[5]
     n = cu.numel() - 1
     nseg = ((coff.diff() + seg - 1) // seg).clamp(min=1)  # an empty document keeps one (empty) segment
@@ -168,13 +176,16 @@ def _segment_table(seqs, C, seg):
     start = torch.where(valid, torch.minimum(cu[d] + j * seg * C, cu[d + 1]), cu[n])
     none = torch.full_like(d, -1)
     i32 = dict(dtype=torch.int32)
-    return (
-        torch.cat([start, cu[n:]]).to(**i32),
-        torch.where(valid, coff[d] + j * seg, 0).to(**i32),
-        torch.where(valid & (j == nseg[d] - 1), d, none).to(**i32),
-        torch.where(valid & (j == 0), d, none).to(**i32),
-        first.to(**i32),
-        n_seg,
+    return _SegmentTable(
+        cu=torch.cat([start, cu[n:]]).to(**i32),
+        coff=torch.where(valid, coff[d] + j * seg, 0).to(**i32),
+        fin_fwd=torch.where(valid & (j == nseg[d] - 1), d, none).to(**i32),
+        fin_rev=torch.where(valid & (j == 0), d, none).to(**i32),
+        first=first.to(**i32),
+        last=first[1:] - 1,
+        n_seg=n_seg,
+        seg=seg,
+        rows=rows,
     )
 
 
@@ -227,13 +238,12 @@ def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None,
     (NK, NV), consts = _walk_blocks(H, K, V, C, reverse)
     consts.update(LOWP=lowp, num_stages=cfg["num_stages"])
     if segs is not None and n_sh:
-        scu, scoff, fin_fwd, fin_rev, first, n_seg, _ = segs
-        fin = fin_rev if reverse else fin_fwd
         ends = _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, reverse=reverse)
         if dhT is not None and xT is None:
             xT = torch.empty(n_doc, H, K, V, device=a.device, dtype=torch.float32)
-        kern._walk[(NK, NV, n_seg * H)](
-            a, b, dec, ends, xbuf, xT if xT is not None else xbuf, ends, ends, fin, scu, scoff, V,
+        fin = segs.fin_rev if reverse else segs.fin_fwd
+        kern._walk[(NK, NV, segs.n_seg * H)](
+            a, b, dec, ends, xbuf, xT if xT is not None else xbuf, ends, ends, fin, segs.cu, segs.coff, V,
             HAS_INIT=True, STORE_FINAL=xT is not None, FINP=False, MODE=2, **consts,
         )  # fmt: skip
         return xbuf, _final_term(dhT, xT)
@@ -249,36 +259,38 @@ def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None,
 
 def _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, *, reverse=False) -> torch.Tensor:
     """The state entering each segment of a :func:`_segments` table, [n_seg, H, K, V] float32 (zeros for
-    spare segments): every segment's end from zeros, found in parallel, then one carry step per segment.
-    What a segmented walk, or a walk with outputs over segments, starts from."""
+    spare segments): every segment's end from zeros, found in parallel, then one carry step
+    per segment. What a segmented walk, or a walk with outputs over segments, starts from."""
     cu, coff = seqs[0], seqs[3]
-    scu, scoff, fin_fwd, fin_rev, first, n_seg, rows = segs
     (NK, NV), consts = _walk_blocks(H, K, V, C, reverse)
-    if rows and LAUNCH["walk"].get("starts_gemm", False):
-        ends = _segment_ends_gemm(a, b, dec, n_seg, rows, H, K, V, C, lowp, reverse)
+    if segs.rows and LAUNCH["walk"].get("starts_gemm", False):
+        ends = _segment_ends_gemm(a, b, dec, segs, H, K, V, C, lowp, reverse)
     else:  # a walk from zeros per segment, storing only its end
-        ends = torch.empty(n_seg, H, K, V, device=a.device, dtype=torch.float32)
-        kern._walk[(NK, NV, n_seg * H)](
-            a, b, dec, ends, ends, ends, ends, ends, fin_rev if reverse else fin_fwd, scu, scoff, V,
-            HAS_INIT=False, STORE_FINAL=True, FINP=False, MODE=1, LOWP=lowp,
+        ends = torch.empty(segs.n_seg, H, K, V, device=a.device, dtype=torch.float32)
+        kern._walk[(NK, NV, segs.n_seg * H)](
+            a, b, dec, ends, ends, ends, ends, ends, segs.fin_rev if reverse else segs.fin_fwd, segs.cu,
+            segs.coff, V, HAS_INIT=False, STORE_FINAL=True, FINP=False, MODE=1, LOWP=lowp,
             num_stages=LAUNCH["walk"]["num_stages"], **consts,
         )  # fmt: skip
     kern._walk_carry[(NK, NV, (cu.numel() - 1) * H)](
-        dec, x0 if x0 is not None else ends, ends, cu, coff, scu, scoff, first, V, HAS_INIT=x0 is not None,
-        **consts,
+        dec, x0 if x0 is not None else ends, ends, cu, coff, segs.cu, segs.coff, segs.first, V,
+        HAS_INIT=x0 is not None, SEG=next_pow2(segs.seg), **consts,
     )  # fmt: skip
     return ends
 
 
-def _segment_ends_gemm(a, b, dec, n_seg, rows, H, K, V, C, lowp, reverse=False) -> torch.Tensor:
-    """Each segment's end state from zeros (in walk order) as one batched GEMM, for segments of ``rows``
-    rows back to back.
+def _segment_ends_gemm(a, b, dec, segs, H, K, V, C, lowp, reverse=False) -> torch.Tensor:
+    """Each segment's end state from zeros (in walk order) as batched GEMMs, for segments of
+    ``segs.rows`` rows back to back.
 
     A walk from zeros over a segment's chunks (X <- dec_c X + a_c^T b_c) ends at sum_c w_c a_c^T b_c, w_c
     the product of dec over the chunks walked after c (forward: the later ones; REVERSE: the earlier
     ones): a scaled per chunk, then [K, rows] @ [rows, V] per segment and head, reading b once (the walk
     reads it once per K block and steps chunk by chunk). bf16 operands where the walk's dots take them
-    (lowp), float32 sums."""
+    (lowp), float32 sums. The segment each document walks last is left out (one GEMM per document over
+    its others): nothing reads its end, and b is the bulk of the work.
+    """
+    rows = segs.rows
     n_real = a.shape[0] // rows
     m = rows // C
     d = dec.view(n_real, m, H, K)
@@ -290,14 +302,21 @@ def _segment_ends_gemm(a, b, dec, n_seg, rows, H, K, V, C, lowp, reverse=False) 
     a = (a.view(n_real, m, C, H, K) * w[:, :, None]).view(n_real, rows, H, K).permute(0, 2, 3, 1)
     a = a.reshape(n_real * H, K, rows)
     b = b.view(n_real, rows, H, V).transpose(1, 2).reshape(n_real * H, rows, V)
-    if lowp and a.is_cuda:
-        out = torch.bmm(a.to(b.dtype), b, out_dtype=torch.float32)
-    else:  # float32 inputs, or no float32-output bf16 GEMM on this device
-        out = torch.bmm((a.to(b.dtype) if lowp else a).float(), b.float())
-    ends = out.view(n_real, H, K, V)
-    if n_seg > n_real:  # the table's spare segments (its n_seg is an upper bound)
-        ends = torch.cat([ends, ends.new_zeros(n_seg - n_real, H, K, V)])
-    return ends
+    gemm = lowp and a.is_cuda
+    a = a.to(b.dtype) if lowp else a
+    if not gemm:  # float32 inputs, or no float32-output bf16 GEMM on this device
+        a, b = a.float(), b.float()
+    ends = torch.empty(segs.n_seg * H, K, V, device=a.device, dtype=torch.float32)
+    ends[n_real * H :].zero_()  # the table's spare segments (its n_seg is an upper bound)
+    per_doc = n_real // (segs.first.numel() - 1)
+    for doc in range(segs.first.numel() - 1):
+        lo = (doc * per_doc + (1 if reverse else 0)) * H
+        hi = lo + (per_doc - 1) * H
+        if gemm:
+            torch.bmm(a[lo:hi], b[lo:hi], out_dtype=torch.float32, out=ends[lo:hi])
+        else:
+            torch.bmm(a[lo:hi], b[lo:hi], out=ends[lo:hi])
+    return ends.view(segs.n_seg, H, K, V)
 
 
 def _walk_blocks(H: int, K: int, V: int, C: int, reverse: bool) -> tuple[tuple[int, int], dict]:
@@ -380,7 +399,7 @@ class _DDTSFunction(torch.autograd.Function):
             cu_f, coff_f, x0, n_f = seqs[0], seqs[3], h0c, n_seq
             if fsegs is not None:
                 x0 = _segment_starts(ke, v, dec, h0c, seqs, fsegs, H, K, V, C, lowp)
-                cu_f, coff_f, n_f = fsegs[0], fsegs[1], fsegs[5]
+                cu_f, coff_f, n_f = fsegs.cu, fsegs.coff, fsegs.n_seg
                 BV = _fused_block(cfg, fast, n_f * H, V)
             hT = final_states(n_f)
             kern._fwd[(cdiv(V, BV), n_f * H)](
@@ -389,7 +408,7 @@ class _DDTSFunction(torch.autograd.Function):
                 FAST=fast, num_warps=cfg["num_warps"], num_stages=stages,
             )  # fmt: skip
             if fsegs is not None and want_final:
-                hT = hT.index_select(0, fsegs[4][1:].long() - 1)
+                hT = hT.index_select(0, fsegs.last)
         # the K-sized products are kept, not recomputed: ~0.75 KiB per token against a second _prep launch
         ctx.save_for_backward(q, k, v, gp, tp, h0c, qe, ke, dec, A, *seqs[:4], saved_states, hT)
         ctx.meta = (B, T, scale, eps, C, seqs[4:])

@@ -466,14 +466,22 @@ def _walk(
 
 
 @triton.jit
+def _product(a, b):
+    return a * b
+
+
+@triton.jit
 def _walk_carry(dec, x0, ends, cu, coff, scu, scoff, first, V, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr,
-                BK: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr):
+                BK: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr, HAS_INIT: tl.constexpr,
+                SEG: tl.constexpr):
     """The segmented walk's sequential part: one step per segment instead of one per chunk.
 
     Per document (cu/coff; its segments ``first[doc] .. first[doc + 1] - 1`` in scu/scoff, in walk order),
     ``ends[seg]`` holds the segment's end state from zeros (MODE 1 of :func:`_walk`) and is overwritten by
     the state entering the segment; X <- P_seg X + ends[seg] in between, P_seg the product of the
-    segment's chunk decays.
+    segment's chunk decays, loaded as one [SEG, BK] tile (SEG >= chunks per segment) rather than a chunk
+    at a time: the carry is a chain of dependent steps, so its latency is what counts. Nothing reads the
+    end of the segment walked last, so neither it nor its decays are loaded.
     """
     pid = tl.program_id(2)
     h, _, _, _, _, kk, vv, km, _, smask, _, X = _walk_start(
@@ -481,16 +489,19 @@ def _walk_carry(dec, x0, ends, cu, coff, scu, scoff, first, V, H: tl.constexpr, 
     )
     s0 = tl.load(first + pid // H)
     n = tl.load(first + pid // H + 1) - s0
+    cs = tl.arange(0, SEG)
     for j in range(0, n):
         s = s0 + n - 1 - j if REVERSE else s0 + j
         ptr = ends + ((s * H + h) * K + kk[:, None]) * V + vv[None, :]
-        end = tl.load(ptr, mask=smask, other=0.0)
-        tl.store(ptr, X, mask=smask)
-        c0 = tl.load(scoff + s)
-        P = tl.full([BK], 1.0, tl.float32)
-        for c in range(0, tl.cdiv(tl.load(scu + s + 1) - tl.load(scu + s), C)):
-            P *= tl.load(dec + ((c0 + c) * H + h) * K + kk, mask=km, other=1.0)
-        X = P[:, None] * X + end
+        if j < n - 1:
+            end = tl.load(ptr, mask=smask, other=0.0)
+            tl.store(ptr, X, mask=smask)
+            nc = tl.cdiv(tl.load(scu + s + 1) - tl.load(scu + s), C)
+            dptr = dec + ((tl.load(scoff + s) + cs[:, None]) * H + h) * K + kk[None, :]
+            d = tl.load(dptr, mask=(cs[:, None] < nc) & km[None, :], other=1.0)
+            X = tl.reduce(d, 0, _product)[:, None] * X + end
+        else:
+            tl.store(ptr, X, mask=smask)
 
 
 @triton.jit
