@@ -127,6 +127,29 @@ def test_decode_step(monkeypatch, B, S, H, D, DV, W, dtype, km, spans, dot):
         assert torch.all(o[-1] == 0)
 
 
+@pytest.mark.parametrize("dot", [False, True], ids=["row-sums", "dots"])
+def test_decode_reads_a_cache_of_another_dtype(monkeypatch, dot):
+    """A float32 cache with bf16 queries (StaticDecoder's ring buffers) is read as it is, in float32 (the
+    padded-dot form, whose operands share a dtype, gives way to row sums), never cast whole first."""
+    from rodimus.ops.triton import swska as tri
+
+    monkeypatch.setattr(tri, "DECODE", dict(tri.DECODE, BN=16, min_span=16, dot=dot))
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 1, 2, 16, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 60, 16, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 60, 2, 16, generator=g, dtype=torch.float64)
+    qd, kd, vd = q.to(DEV, torch.bfloat16), k.to(DEV, torch.float32), v.to(DEV, torch.float32)
+    casts = []
+    to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda t, *a, **kw: casts.append(t.shape) or to(t, *a, **kw))
+    with torch.no_grad():
+        o = swska_triton(qd, kd, vd, window=40)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    assert k.shape not in casts and v.shape not in casts
+    assert o.dtype == torch.bfloat16
+    _close("o", o, swska_naive(to(q, torch.bfloat16).double(), k, v, window=40), rel=TOL[torch.bfloat16])
+
+
 def test_decode_benchmark_runs():
     """benchmarks/swska_decode.py (the decode step per DECODE setting against SDPA and its floor) runs, and
     checks every variant's output."""

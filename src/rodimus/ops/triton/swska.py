@@ -173,7 +173,8 @@ def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
         q, k, v, km if km is not None else mpart, opart, mpart, lpart, S, lo, span, scale,
         q.stride(0), q.stride(2), k.stride(0), k.stride(1), v.stride(0), v.stride(1), v.stride(2), ns,
         H=H, D=D, DV=DV, BD=next_pow2(D), BDV=BDV, BN=BN, HAS_KM=km is not None,
-        DOT=cfg["dot"] and min(next_pow2(D), BDV, BN) >= 16,  # a tensor-core tile's smallest side
+        # a tensor-core tile's smallest side is 16; its operands share a dtype
+        DOT=cfg["dot"] and min(next_pow2(D), BDV, BN) >= 16 and k.dtype == v.dtype == q.dtype,
         LOWP=q.dtype != torch.float32, num_warps=cfg["num_warps"],
     )  # fmt: skip
     kern._decode_combine[(B * H,)](opart, mpart, lpart, o, DV, ns, BNS=next_pow2(ns), DV=DV, BDV=BDV)
@@ -195,7 +196,9 @@ def swska_triton(
 
     ``block_size`` sets the query tile (rounded to a power of two in [16, 128]). One token against a
     cache (T = 1, no cu_seqlens) without autograd takes the decode kernels (:func:`_decode`); with a
-    gradient it is the training kernel with a 16-row tile. Float64 goes to the torch form.
+    gradient it is the training kernel with a 16-row tile. Keys and values in another dtype than q are
+    cast to it, except in the decode kernels, which read them as they are (a float32 cache is then
+    neither copied every step nor rounded). Float64 goes to the torch form.
     """
     check_swska_inputs(q, k, v, window, key_mask, cu_seqlens)
     if torch.float64 in (q.dtype, k.dtype, v.dtype):
@@ -212,8 +215,8 @@ def swska_triton(
     if q.shape[1] == 0:
         return q.new_zeros(*q.shape[:3], v.shape[-1])
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    k, v = k.to(q.dtype), v.to(q.dtype)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     if q.shape[1] == 1 and cu_seqlens is None and not needs_grad:
-        return _decode(q, k, v, key_mask, int(window), scale)
+        return _decode(q, k, v, key_mask, int(window), scale)  # reads k, v in their own dtype
+    k, v = k.to(q.dtype), v.to(q.dtype)
     return _SWSKAFunction.apply(q, k, v, key_mask, cu_seqlens, int(window), scale, block_size)

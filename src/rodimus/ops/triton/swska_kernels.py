@@ -357,7 +357,9 @@ def _decode_split(q, k, v, km, opart, mpart, lpart, S, lo, span, scale, sqb, sqh
     The step reads the cache once (the shared key tile from L2 for the other heads) and is bound by
     reading the values. The scores and the weighted value sum are float32 row reductions, or with DOT
     tensor-core products of the query / probability row padded to 16 rows (15 of them zero): wasted
-    multiplies, but tiles that feed a dot are loaded through Triton's pipelined shared-memory copies."""
+    multiplies, but tiles that feed a dot are loaded through Triton's pipelined shared-memory copies.
+    The row-sum form reads a cache in any dtype (float32 in registers), so one kept in another dtype than
+    q is not copied whole first; DOT wants k and v in q's dtype."""
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b = bh // H
