@@ -39,9 +39,10 @@ step ddts 90 python3 benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_progra
 # training, against the default
 # and written but not yet timed: the segments' entering states as one batched GEMM (LAUNCH["walk"]
 # ["starts_gemm"]); the SW-SKA decode kernels' padded-dot form and a higher program target (swska.DECODE)
-step pending 120 python3 benchmarks/ddts_forward.py \
+step pending 150 python3 benchmarks/ddts_forward.py \
   '[{}, {"fwd": {"segment": 16, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
-    {"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}]'
+    {"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
+    {"fwd": {"segment": 32, "segment_min_chunks": 48}}]'
 echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}' > "$OUT/fwd_segments.json"
 step pending 120 python3 benchmarks/swska_decode.py '[{}, {"programs": 1024}, {"dot": true, "BN": 64, "num_warps": 4},
   {"dot": true, "BN": 64, "num_warps": 4, "programs": 1024}, {"dot": true, "BN": 32}]'
