@@ -37,12 +37,15 @@ step ddts 90 python3 benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_progra
 # options kept off, to re-check on another card: the fused DDTS walk over segments of long sequences
 # (LAUNCH["fwd"]["segment"]; slower on an H100, docs/BENCHMARKS.md fifteenth session), alone and in T=8192
 # training, against the default
+# the fused walk's latency at B2 T8192 (256 programs of 128 chunks each) against more loads in flight (3
+# stages: 114 KB of shared memory, two programs per SM) or more programs (16-column V blocks);
 # and written but not yet timed: the segments' entering states as one batched GEMM (LAUNCH["walk"]
 # ["starts_gemm"]); the SW-SKA decode kernels' padded-dot form and a higher program target (swska.DECODE)
 step pending 150 python3 benchmarks/ddts_forward.py \
   '[{}, {"fwd": {"segment": 16, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
     {"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
-    {"fwd": {"segment": 32, "segment_min_chunks": 48}}]'
+    {"fwd": {"segment": 32, "segment_min_chunks": 48}}, {"fwd": {"fast_stages": 3}},
+    {"fwd": {"fast_min_BV": 16, "fast_min_programs": 512}}]'
 echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}' > "$OUT/fwd_segments.json"
 step pending 120 python3 benchmarks/swska_decode.py '[{}, {"programs": 1024}, {"dot": true, "BN": 64, "num_warps": 4},
   {"dot": true, "BN": 64, "num_warps": 4, "programs": 1024}, {"dot": true, "BN": 32}]'
