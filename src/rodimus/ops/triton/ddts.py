@@ -9,6 +9,7 @@ import torch
 
 from rodimus.ops.ddts.chunk import ddts_chunk
 from rodimus.ops.ddts.common import check_ddts_inputs
+from rodimus.ops.matmul import bmm_into
 from rodimus.ops.packing import derived
 from rodimus.ops.triton import ddts_kernels as kern
 from rodimus.ops.triton._common import cdiv, head_rows_view, next_pow2
@@ -302,20 +303,14 @@ def _segment_ends_gemm(a, b, dec, segs, H, K, V, C, lowp, reverse=False) -> torc
     a = (a.view(n_real, m, C, H, K) * w[:, :, None]).view(n_real, rows, H, K).permute(0, 2, 3, 1)
     a = a.reshape(n_real * H, K, rows)
     b = b.view(n_real, rows, H, V).transpose(1, 2).reshape(n_real * H, rows, V)
-    gemm = lowp and a.is_cuda
     a = a.to(b.dtype) if lowp else a
-    if not gemm:  # float32 inputs, or no float32-output bf16 GEMM on this device
-        a, b = a.float(), b.float()
     ends = torch.empty(segs.n_seg * H, K, V, device=a.device, dtype=torch.float32)
     ends[n_real * H :].zero_()  # the table's spare segments (its n_seg is an upper bound)
     per_doc = n_real // (segs.first.numel() - 1)
     for doc in range(segs.first.numel() - 1):
         lo = (doc * per_doc + (1 if reverse else 0)) * H
         hi = lo + (per_doc - 1) * H
-        if gemm:
-            torch.bmm(a[lo:hi], b[lo:hi], out_dtype=torch.float32, out=ends[lo:hi])
-        else:
-            torch.bmm(a[lo:hi], b[lo:hi], out=ends[lo:hi])
+        bmm_into(ends[lo:hi], a[lo:hi], b[lo:hi])
     return ends.view(segs.n_seg, H, K, V)
 
 
