@@ -2,8 +2,8 @@
 # One H200 session: every GPU measurement the docs report, in one go (see docs/BENCHMARKS.md).
 # Usage (repo root, on the GPU machine): OUT=out_dir bash benchmarks/gpu_session.sh [FIXTURES_DIR]
 # STEPS="gpu_tests sweep ..." runs only the named steps (a device call is limited to 10 minutes, the
-# whole list takes ~40), e.g. five calls: "gpu_tests check_model sweep", "loss fused ddts",
-# "pending decode", "swska train", "train8k context serve".
+# whole list takes ~45), e.g. six calls: "gpu_tests check_model sweep", "loss fused ddts", "pending",
+# "pending8k decode", "swska train", "train8k context serve".
 # On a machine of 2+ GPUs (kind nvidia-h200-x2): python3 benchmarks/bench_multi_gpu.py --gpus 2 (FSDP2 vs one
 # GPU, ~5 minutes for the two default presets at 20 steps).
 # Where a step's copies come from (CPU, no GPU needed): RODIMUS_KERNELS=triton TRITON_INTERPRET=1
@@ -41,7 +41,7 @@ step ddts 90 python3 benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_progra
 # stages: 114 KB of shared memory, two programs per SM) or more programs (16-column V blocks);
 # and written but not yet timed: the segments' entering states as one batched GEMM (LAUNCH["walk"]
 # ["starts_gemm"]); the SW-SKA decode kernels' padded-dot form and a higher program target (swska.DECODE)
-step pending 150 python3 benchmarks/ddts_forward.py \
+step pending 240 python3 benchmarks/ddts_forward.py \
   '[{}, {"fwd": {"segment": 16, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
     {"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
     {"fwd": {"segment": 32, "segment_min_chunks": 48}}, {"fwd": {"fast_stages": 3}},
@@ -49,12 +49,12 @@ step pending 150 python3 benchmarks/ddts_forward.py \
 echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}' > "$OUT/fwd_segments.json"
 step pending 120 python3 benchmarks/swska_decode.py '[{}, {"programs": 1024}, {"dot": true, "BN": 64, "num_warps": 4},
   {"dot": true, "BN": 64, "num_warps": 4, "programs": 1024}, {"dot": true, "BN": 32}]'
-step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
+step pending8k 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
   --micro-batch 2
-step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
+step pending8k 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
   --micro-batch 2 --ddts-launch "$OUT/fwd_segments.json"
 echo '{"walk": {"segment": 16, "starts_gemm": true}}' > "$OUT/walk_segments.json"
-step pending 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
+step pending8k 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
   --micro-batch 2 --ddts-launch "$OUT/walk_segments.json"
 step pending 100 python3 benchmarks/bench_decode.py --models rodimus_plus --batches 1,16 --contexts 1024,32768 --fuse-qkv \
   --json "$OUT/bench_decode_plus.json"
