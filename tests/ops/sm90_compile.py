@@ -97,22 +97,26 @@ def _drive() -> None:
                     model(ids, labels=ids).loss.backward()
                     with torch.no_grad():
                         model(ids)
-    swska.DECODE["dot"] = True  # the SW-SKA decode kernels' padded-dot form (model is the Rodimus+ one)
-    with torch.no_grad():
-        for bf16 in (False, True):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = model(ids[:, :12], use_cache=True)
-                model(ids[:, 12:13], cache=out.cache, use_cache=True)
+    with _launch_restored({"decode": swska.DECODE}):
+        swska.DECODE["dot"] = True  # the SW-SKA decode kernels' padded-dot form (model is the Rodimus+ one)
+        with torch.no_grad():
+            for bf16 in (False, True):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = model(ids[:, :12], use_cache=True)
+                    model(ids[:, 12:13], cache=out.cache, use_cache=True)
 
 
 @contextlib.contextmanager
 def _launch_restored(launch: dict):
-    """Every entry of a LAUNCH table as it was on entry, whatever the block changed."""
+    """Every entry of a LAUNCH table (a dict of settings dicts) as it was on entry, whatever the block
+    changed; each settings dict restored in place."""
     saved = {k: dict(v) for k, v in launch.items()}
     try:
         yield
     finally:
-        launch.update(saved)
+        for k, v in saved.items():
+            launch[k].clear()
+            launch[k].update(v)
 
 
 def main() -> None:
