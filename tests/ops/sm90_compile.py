@@ -97,6 +97,11 @@ def _drive() -> None:
                     model(ids, labels=ids).loss.backward()
                     with torch.no_grad():
                         model(ids)
+            ddts.LAUNCH["walk"]["starts_gemm"] = True  # the segments' ends as a GEMM: T a multiple of them
+            for dtype in (torch.float32, torch.bfloat16):  # the op alone: the model at T = 32 compiles all again
+                with torch.no_grad():
+                    ddts.ddts_triton(*(torch.randn(2, 32, 1, n, dtype=dtype) for n in (16, 16, 64, 16, 16)),
+                                     chunk_size=16)  # fmt: skip
     with _launch_restored({"decode": swska.DECODE}):
         swska.DECODE["dot"] = True  # the SW-SKA decode kernels' padded-dot form (model is the Rodimus+ one)
         with torch.no_grad():

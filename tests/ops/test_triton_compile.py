@@ -19,7 +19,7 @@ pytest.importorskip("triton", reason="the triton extra is not installed (pip ins
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = {  # every kernel the ops launch (helpers called inside kernels are compiled with them)
     "ddts_kernels": ["_prep", "_fwd", "_fwd_chunk", "_bwd_state", "_bwd_chunk", "_bwd_intra", "_chunk_totals",
-                     "_bwd_gates", "_decode", "_walk", "_walk_carry"],
+                     "_bwd_gates", "_decode", "_walk", "_walk_carry", "_segment_keys"],
     "short_conv_kernels": ["_fwd", "_bwd_dpre", "_bwd_dx"],
     "swska_kernels": ["_fwd", "_bwd_delta", "_bwd_dq", "_bwd_dkdv", "_decode_split", "_decode_combine"],
     "norm": ["_fwd", "_bwd"],

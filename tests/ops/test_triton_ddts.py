@@ -239,6 +239,8 @@ def test_segmented_walks(B, T, H, K, V, dtype, init, cu, chunk, segment, save, m
 GEMM_ENDS = [  # plain batches whose T is a multiple of the segment: the segments' ends as one batched GEMM
     pytest.param(2, 128, 1, 16, 40, torch.float32, True, None, 32, 1, id="B2-T128-C32-seg1-fp32-init"),
     pytest.param(2, 128, 2, 16, 24, torch.bfloat16, False, None, 16, 2, id="B2-T128-H2-C16-seg2-bf16"),
+    # four chunks a segment: each chunk's weight is a product of several later (earlier) decays
+    pytest.param(2, 128, 1, 16, 24, torch.float32, True, None, 16, 4, id="B2-T128-C16-seg4-fp32-init"),
 ]
 
 

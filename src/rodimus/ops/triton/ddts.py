@@ -286,31 +286,27 @@ def _segment_ends_gemm(a, b, dec, segs, H, K, V, C, lowp, reverse=False) -> torc
 
     A walk from zeros over a segment's chunks (X <- dec_c X + a_c^T b_c) ends at sum_c w_c a_c^T b_c, w_c
     the product of dec over the chunks walked after c (forward: the later ones; REVERSE: the earlier
-    ones): a scaled per chunk, then [K, rows] @ [rows, V] per segment and head, reading b once (the walk
-    reads it once per K block and steps chunk by chunk). bf16 operands where the walk's dots take them
+    ones): a scaled per chunk and transposed in one launch (:func:`kern._segment_keys`), then [K, rows] @
+    [rows, V] per segment and head, reading b once (the walk reads it once per K block and steps chunk by
+    chunk). bf16 operands where the walk's dots take them
     (lowp), float32 sums. The segment each document walks last is left out (one GEMM per document over
     its others): nothing reads its end, and b is the bulk of the work.
     """
     rows = segs.rows
     n_real = a.shape[0] // rows
-    m = rows // C
-    d = dec.view(n_real, m, H, K)
-    one = torch.ones_like(d[:, :1])
-    if reverse:
-        w = torch.cat([one, torch.cumprod(d[:, :-1], 1)], 1)
-    else:
-        w = torch.cat([torch.flip(torch.cumprod(torch.flip(d[:, 1:], [1]), 1), [1]), one], 1)
-    a = (a.view(n_real, m, C, H, K) * w[:, :, None]).view(n_real, rows, H, K).permute(0, 2, 3, 1)
-    a = a.reshape(n_real * H, K, rows)
+    aT = torch.empty(n_real * H, K, rows, device=a.device, dtype=b.dtype if lowp else torch.float32)
+    kern._segment_keys[(n_real * H,)](
+        a, dec, aT, rows, a.stride(0), H=H, K=K, C=C, BK=next_pow2(K), SEG=next_pow2(rows // C), REVERSE=reverse,
+        num_warps=4,
+    )  # fmt: skip
     b = b.view(n_real, rows, H, V).transpose(1, 2).reshape(n_real * H, rows, V)
-    a = a.to(b.dtype) if lowp else a
     ends = torch.empty(segs.n_seg * H, K, V, device=a.device, dtype=torch.float32)
     ends[n_real * H :].zero_()  # the table's spare segments (its n_seg is an upper bound)
     per_doc = n_real // (segs.first.numel() - 1)
     for doc in range(segs.first.numel() - 1):
         lo = (doc * per_doc + (1 if reverse else 0)) * H
         hi = lo + (per_doc - 1) * H
-        bmm_into(ends[lo:hi], a[lo:hi], b[lo:hi])
+        bmm_into(ends[lo:hi], aT[lo:hi], b[lo:hi])
     return ends.view(segs.n_seg, H, K, V)
 
 

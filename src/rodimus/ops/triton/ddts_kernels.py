@@ -505,6 +505,34 @@ def _walk_carry(dec, x0, ends, cu, coff, scu, scoff, first, V, H: tl.constexpr, 
 
 
 @triton.jit
+def _segment_keys(a, dec, out, rows, sa, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                  SEG: tl.constexpr, REVERSE: tl.constexpr):
+    """The left operand of the segments' end GEMM (``_segment_ends_gemm``), one program per (segment, head)
+    of a plain batch (segments of ``rows`` rows back to back, SEG >= their chunks): out[seg * H + h] =
+    (w_c a_c)^T as [K, rows], w_c the product of dec over the segment's chunks walked after chunk c (a
+    cumulative product over one [SEG, K] tile of dec shifted by a chunk), so that
+    out @ b is the segment's end state from zeros."""
+    pid = tl.program_id(0)
+    s = pid // H
+    h = pid % H
+    m = rows // C
+    cs = tl.arange(0, SEG)
+    kk = tl.arange(0, BK)
+    km = kk < K
+    src = cs - 1 if REVERSE else cs + 1  # w_c takes chunks before c (REVERSE) or after it
+    d = tl.load(dec + ((s * m + src[:, None]) * H + h) * K + kk[None, :],
+                mask=((src >= 0) & (src < m))[:, None] & km[None, :], other=1.0)
+    w = tl.cumprod(d, 0, reverse=not REVERSE)
+    rl = tl.arange(0, C)
+    for j in range(0, m):
+        wj = tl.sum(tl.where(cs[:, None] == j, w, 0.0), 0)
+        r = s * rows + j * C + rl
+        x = tl.load(a + r[:, None] * sa + h * K + kk[None, :], mask=km[None, :], other=0.0).to(tl.float32)
+        tl.store(out + (pid * K + kk[:, None]) * rows + j * C + rl[None, :],
+                 tl.trans(x * wj[None, :]).to(out.dtype.element_ty), mask=km[:, None])
+
+
+@triton.jit
 def _bwd_state(
     v,
     do,
