@@ -36,12 +36,13 @@ def test_row_slice_of_a_wider_result():
 
 @pytest.mark.parametrize("in_dtype", [torch.bfloat16, torch.float32], ids=["bf16-into-fp32", "fp32-into-fp32"])
 def test_batched_product_into_a_slice(in_dtype):
-    """bmm_into (the DDTS segments' end states): float32 sums of the operands' exact products, written into
-    a slice of batches of a wider buffer and nowhere else."""
+    """bmm_into (the DDTS segments' end states, one head of several): float32 sums of the operands' exact
+    products, written into strided batches of a wider buffer and nowhere else."""
     g = torch.Generator().manual_seed(1)
     a, b = (torch.randn(*s, generator=g).to(DEV, in_dtype) for s in ((3, 16, 40), (3, 40, 24)))
-    out = torch.zeros(5, 16, 24, device=DEV)
-    got = bmm_into(out[1:4], a, b)
-    assert got.data_ptr() == out[1:4].data_ptr() and not out[0].any() and not out[4].any()
+    out = torch.zeros(5, 2, 16, 24, device=DEV)
+    got = bmm_into(out[1:4, 1], a, b)
+    assert got.data_ptr() == out[1:4, 1].data_ptr()
+    assert not out[0].any() and not out[4].any() and not out[:, 0].any()
     # bf16 operands are exact in float32; only the float32 summation order differs from float64
-    assert_close("out", out[1:4].cpu(), (a.double() @ b.double()).cpu(), rel=1e-5)
+    assert_close("out", out[1:4, 1].cpu(), (a.double() @ b.double()).cpu(), rel=1e-5)

@@ -60,7 +60,8 @@ def _probe(device_index: int, in_dtype: torch.dtype, out_dtype: torch.dtype, bat
     want = a.to(out_dtype) @ b.to(out_dtype)
     try:
         got = torch.empty(2, 32, 8, device=dev, dtype=out_dtype)
-        if batched:
+        if batched:  # into strided batches, as one head of several is written
+            got = torch.empty(2, 2, 32, 8, device=dev, dtype=out_dtype)[:, 1]
             torch.bmm(a, b, out_dtype=out_dtype, out=got)
         else:
             torch.mm(a[0], b[0], out_dtype=out_dtype, out=got[0])

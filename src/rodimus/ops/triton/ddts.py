@@ -299,15 +299,15 @@ def _segment_ends_gemm(a, b, dec, segs, H, K, V, C, lowp, reverse=False) -> torc
         a, dec, aT, rows, a.stride(0), H=H, K=K, C=C, BK=next_pow2(K), SEG=next_pow2(rows // C), REVERSE=reverse,
         num_warps=4,
     )  # fmt: skip
-    b = b.view(n_real, rows, H, V).transpose(1, 2).reshape(n_real * H, rows, V)
-    ends = torch.empty(segs.n_seg * H, K, V, device=a.device, dtype=torch.float32)
-    ends[n_real * H :].zero_()  # the table's spare segments (its n_seg is an upper bound)
+    aT, b = aT.view(n_real, H, K, rows), b.view(n_real, rows, H, V)
+    ends = torch.empty(segs.n_seg, H, K, V, device=a.device, dtype=torch.float32)
+    ends[n_real:].zero_()  # the table's spare segments (its n_seg is an upper bound)
     per_doc = n_real // (segs.first.numel() - 1)
     for doc in range(segs.first.numel() - 1):
-        lo = (doc * per_doc + (1 if reverse else 0)) * H
-        hi = lo + (per_doc - 1) * H
-        bmm_into(ends[lo:hi], aT[lo:hi], b[lo:hi])
-    return ends.view(segs.n_seg, H, K, V)
+        lo = doc * per_doc + (1 if reverse else 0)
+        for h in range(H):  # strided batches of one head: b is not copied into a per-head layout
+            bmm_into(ends[lo : lo + per_doc - 1, h], aT[lo : lo + per_doc - 1, h], b[lo : lo + per_doc - 1, :, h])
+    return ends
 
 
 def _walk_blocks(H: int, K: int, V: int, C: int, reverse: bool) -> tuple[tuple[int, int], dict]:
