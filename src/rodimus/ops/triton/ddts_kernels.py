@@ -23,7 +23,9 @@ Layout: every tensor is flattened to rows ``[TT = B*T, H, D]``; a *sequence* is 
 * Segmented walks (``LAUNCH["walk"]["segment"]``, long sequences): a walk's latency grows with the longest
   document, so documents are cut into segments of a few chunks. ``_walk`` MODE 1 finds each segment's
   end state from zeros (all segments at once), ``_walk_carry`` steps once per segment to the states
-  entering them, and MODE 2 walks all segments again from those, storing every state.
+  entering them, and MODE 2 walks all segments again from those, storing every state. Where all segments
+  are as long (plain batches), ``_segment_keys`` instead forms the left operand of one GEMM per segment
+  that gives its end (``LAUNCH["walk"]["starts_gemm"]``).
 * ``_bwd_state`` (fused backward): the same walk forward (states at chunk starts to a scratch buffer),
   then backward carrying dS: dv, and per V block partial sums of dO S^T, v dS^T and dO v^T.
 * ``_bwd_intra``: per chunk and slice of K columns (every column's gradients are independent but for
