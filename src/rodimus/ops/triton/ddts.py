@@ -260,8 +260,8 @@ def _walk(a, b, dec, x0, xT, seqs, H, K, V, C, lowp, *, reverse=False, dhT=None,
 
 def _segment_starts(a, b, dec, x0, seqs, segs, H, K, V, C, lowp, *, reverse=False) -> torch.Tensor:
     """The state entering each segment of a :func:`_segments` table, [n_seg, H, K, V] float32 (zeros for
-    spare segments): every segment's end from zeros, found in parallel, then one carry step
-    per segment. What a segmented walk, or a walk with outputs over segments, starts from."""
+    spare segments): every segment's end from zeros, found in parallel, then one carry step per segment.
+    What a segmented walk, or a walk with outputs over segments, starts from."""
     cu, coff = seqs[0], seqs[3]
     (NK, NV), consts = _walk_blocks(H, K, V, C, reverse)
     if segs.rows and LAUNCH["walk"].get("starts_gemm", False):
@@ -288,9 +288,9 @@ def _segment_ends_gemm(a, b, dec, segs, H, K, V, C, lowp, reverse=False) -> torc
     the product of dec over the chunks walked after c (forward: the later ones; REVERSE: the earlier
     ones): a scaled per chunk and transposed in one launch (:func:`kern._segment_keys`), then [K, rows] @
     [rows, V] per segment and head, reading b once (the walk reads it once per K block and steps chunk by
-    chunk). bf16 operands where the walk's dots take them
-    (lowp), float32 sums. The segment each document walks last is left out (one GEMM per document over
-    its others): nothing reads its end, and b is the bulk of the work.
+    chunk). bf16 operands where the walk's dots take them (lowp), float32 sums. The segment each document
+    walks last is left out (one batched GEMM per document and head over its other segments): nothing
+    reads its end, and b is the bulk of the work.
     """
     rows = segs.rows
     n_real = a.shape[0] // rows
