@@ -3,8 +3,9 @@
 For each ``LAUNCH`` variant (JSON, merged into ``rodimus.ops.triton.ddts.LAUNCH`` per entry) this prints the
 eager time, the time as a captured CUDA graph (the GPU's own time: an eager call of a few kernels is bounded
 by the host here), the ratio to the floor (q, k, g_pre, tau_pre, v read once and o written, at the copy
-bandwidth measured in the same run) and the kernels' times from ``torch.profiler``; first ``_prep`` alone,
-with float32 and with bf16 products. Shapes: bf16, K 64, V 4096, B8 T2048 and B2 T8192.
+bandwidth measured in the same run), the relative error of its output against the default's and the
+kernels' times from ``torch.profiler``; first ``_prep`` alone, with float32 and with bf16 products.
+Shapes: bf16, K 64, V 4096, B8 T2048 and B2 T8192.
 
     python benchmarks/ddts_forward.py
     python benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_programs": 0, "BV": 64}}, {"prep": {"BK": 16}}]'
@@ -53,14 +54,17 @@ def run_shape(B: int, T: int, K: int, V: int, variants: list[dict], bw: float, s
 
     floor_us = B * T * (4 * K + 2 * V) * 2 / bw * 1e6
     base = {name: dict(cfg) for name, cfg in tri.LAUNCH.items()}
+    ref = forward()[0].float()  # the default's output: a variant that differs by more than bf16 rounding is wrong
     for var in variants:
         for name, cfg in base.items():
             tri.LAUNCH[name] = dict(cfg, **var.get(name, {}))
+        err = float((forward()[0].float() - ref).norm() / ref.norm())
         eager = timed(forward)
         graph = float("nan") if smoke else bench(graphed(forward), 10, 60)
         print(
             f"B{B} T{T} {json.dumps(var)}: eager {eager * 1e3:.0f} us, graph {graph * 1e3:.0f} us = "
-            f"{graph * 1e3 / floor_us:.2f}x the {floor_us:.0f} us floor | {kernel_times(forward)}",
+            f"{graph * 1e3 / floor_us:.2f}x the {floor_us:.0f} us floor, {err:.1e} from the default | "
+            f"{kernel_times(forward)}",
             flush=True,
         )
     for name, cfg in base.items():

@@ -41,9 +41,11 @@ step ddts 90 python3 benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_progra
 # stages: 114 KB of shared memory, two programs per SM) or more programs (16-column V blocks);
 # and written but not yet timed: the segments' entering states as one batched GEMM (LAUNCH["walk"]
 # ["starts_gemm"]); the SW-SKA decode kernels' padded-dot form and a higher program target (swska.DECODE)
-step pending 240 python3 benchmarks/ddts_forward.py \
+step pending 300 python3 benchmarks/ddts_forward.py \
   '[{}, {"fwd": {"segment": 16, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
     {"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
+    {"fwd": {"segment": 32, "segment_min_chunks": 48, "fast_min_programs": 512}, "walk": {"starts_gemm": true}},
+    {"fwd": {"segment": 64, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
     {"fwd": {"segment": 32, "segment_min_chunks": 48}}, {"fwd": {"fast_stages": 3}},
     {"fwd": {"fast_min_BV": 16, "fast_min_programs": 512}}]'
 echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}' > "$OUT/fwd_segments.json"

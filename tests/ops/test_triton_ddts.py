@@ -432,6 +432,11 @@ def test_column_slices_are_read_in_place(H):
 
 
 def test_forward_benchmark_runs():
-    """benchmarks/ddts_forward.py (the no-grad forward against its floor, per launch setting) runs."""
-    out = run_benchmark("ddts_forward.py", "--smoke", '[{}, {"prep": {"BK": 16}}]')
-    assert out.count("_prep alone") == 2 and out.count("floor") == 2, out
+    """benchmarks/ddts_forward.py (the no-grad forward against its floor, per launch setting) runs, and
+    reports each variant's distance from the default (here a segmented forward with the GEMM form)."""
+    segments = '{"fwd": {"segment": 1, "segment_min_chunks": 0}, "walk": {"starts_gemm": true}}'
+    out = run_benchmark("ddts_forward.py", "--smoke", f'[{{}}, {{"prep": {{"BK": 16}}}}, {segments}]')
+    assert out.count("_prep alone") == 2 and out.count("floor") == 3, out
+    rows = [line for line in out.splitlines() if "floor" in line]
+    errs = [float(line.split(" from the default")[0].rsplit(", ", 1)[1]) for line in rows]
+    assert errs[0] == 0 and max(errs) < 1e-2, out
