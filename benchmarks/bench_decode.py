@@ -19,6 +19,7 @@ import json
 import time
 
 import torch
+from bench_kernels import rel_err
 
 
 def build(block_type: str, a) -> torch.nn.Module:
@@ -78,10 +79,6 @@ def count_kernels(dec, prompt, ids) -> int:
         dec.step(ids, check=False)
         torch.cuda.synchronize()
     return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -67,6 +67,11 @@ def record(group, name, shape, ms, **extra):
     return ms
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative L2 distance of ``a`` from ``b`` (in float64): how the scripts check an output."""
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
 def copy_bandwidth(script: str, smoke: bool) -> float:
     """Bytes/s of a 1 GiB copy on this GPU, what a script's floors are set by (NaN for a ``--smoke`` CPU
     check); a timed run without a GPU stops with a message naming ``script``."""

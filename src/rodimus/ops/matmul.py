@@ -59,15 +59,13 @@ def _probe(device_index: int, in_dtype: torch.dtype, out_dtype: torch.dtype, bat
     b = torch.randn(2, 16, 8, device=dev, generator=g).to(in_dtype)
     want = a.to(out_dtype) @ b.to(out_dtype)
     try:
-        got = torch.empty(2, 32, 8, device=dev, dtype=out_dtype)
         if batched:  # into strided batches, as one head of several is written
             got = torch.empty(2, 2, 32, 8, device=dev, dtype=out_dtype)[:, 1]
             torch.bmm(a, b, out_dtype=out_dtype, out=got)
-        else:
-            torch.mm(a[0], b[0], out_dtype=out_dtype, out=got[0])
-            torch.addmm(got[0], a[0], b[0], out_dtype=out_dtype, out=got[0])
+        else:  # a write, then an accumulation
+            got = torch.mm(a[0], b[0], out_dtype=out_dtype, out=torch.empty(32, 8, device=dev, dtype=out_dtype))
+            torch.addmm(got, a[0], b[0], out_dtype=out_dtype, out=got)
             want = 2 * want[0]
-            got = got[0]
     except (RuntimeError, TypeError, NotImplementedError):
         return False
     return bool(torch.allclose(got, want, rtol=1e-2, atol=1e-2))

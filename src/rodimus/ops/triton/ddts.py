@@ -305,8 +305,9 @@ def _segment_ends_gemm(a, b, dec, segs, H, K, V, C, lowp, reverse=False) -> torc
     per_doc = n_real // (segs.first.numel() - 1)
     for doc in range(segs.first.numel() - 1):
         lo = doc * per_doc + (1 if reverse else 0)
+        used = slice(lo, lo + per_doc - 1)  # all of the document's segments but the one it walks last
         for h in range(H):  # strided batches of one head: b is not copied into a per-head layout
-            bmm_into(ends[lo : lo + per_doc - 1, h], aT[lo : lo + per_doc - 1, h], b[lo : lo + per_doc - 1, :, h])
+            bmm_into(ends[used, h], aT[used, h], b[used, :, h])
     return ends
 
 
