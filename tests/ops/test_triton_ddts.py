@@ -338,6 +338,22 @@ def test_segment_table():
     assert all(int(scu[i]) == 230 and int(fin_fwd[i]) == -1 == int(fin_rev[i]) for i in spare)
 
 
+def test_fused_block_fills_the_grid():
+    """bf16 products halve the fused walk's V block until the grid has its programs (not below the floor),
+    and a halved block takes its own stage count; float32 products keep the block and the plain stages."""
+    from rodimus.ops.triton import ddts as tri
+
+    cfg = dict(BV=128, num_stages=1, fast_stages=2, fast_stages_halved=3, fast_min_BV=32, fast_min_programs=256)
+    assert tri._fused_block(cfg, True, 8, 4096) == (128, 2)  # 8 x 32 blocks: full already
+    assert tri._fused_block(cfg, True, 4, 4096) == (64, 3)
+    assert tri._fused_block(cfg, True, 2, 4096) == (32, 3)
+    assert tri._fused_block(cfg, True, 1, 4096) == (32, 3)  # the floor, though 128 programs
+    assert tri._fused_block(cfg, False, 1, 4096) == (128, 1)
+    assert tri._fused_block(cfg, True, 1, 100) == (32, 3)  # blocks of a short V start at its power of two
+    no_halved = {k: v for k, v in cfg.items() if k != "fast_stages_halved"}
+    assert tri._fused_block(no_halved, True, 2, 4096) == (32, 2)
+
+
 @pytest.mark.parametrize(
     "split,lowp_states,lowp_products",
     [(True, False, False), (True, True, False), (True, True, True), (False, False, False), (False, False, True)],

@@ -33,9 +33,12 @@ LAUNCH = {
     # (the fused walk waits on the longest document there)
     # "lowp_products": a forward without gradients in bf16 stores qe, ke and A in bf16 and multiplies in
     # bf16, with "fast_stages" pipeline stages, its V blocks halved (not below "fast_min_BV") while the
-    # fused grid has fewer than "fast_min_programs" programs. H100 2026-12-07, V4096, B8 T2048 kernel
+    # fused grid has fewer than "fast_min_programs" programs, and then "fast_stages_halved" stages (the
+    # smaller tile leaves room for them). H100 2026-12-07, V4096, B8 T2048 kernel
     # times: _fwd 321 us with float32 products and tf32 dots, 135 with bf16 (1 stage), 114 with 2 stages
-    # (8 warps 211-239; BV 64 153, BV 32 191); B2 T8192 as graphs: BV 32 269 us, BV 64 291, split 425
+    # (8 warps 211-239; BV 64 153, BV 32 191); B2 T8192 as graphs: BV 32 269 us, BV 64 291, split 425.
+    # H100 2026-12-08, B2 T8192 (BV 32, 256 programs of 128 chunks) as graphs: 2 / 3 / 4 stages 272 / 216
+    # / 336 us; 3 stages at BV 64 (128 programs) 234; B8 T2048 (BV 128): 3 stages 167 vs 148 with 2
     # "lowp_with_grad": a bf16 forward with gradients takes that fused walk too (float32 products stored for
     # the backward, bf16 dots for the output, no states kept: the backward walks them again). H200
     # 2026-12-07, same call: DDTS fwd+bwd B8 T2048 V4096 1.657 -> 1.453 ms (graphs 1.644 -> 1.443), mixer
@@ -47,16 +50,22 @@ LAUNCH = {
     # the segments' entering states 104-146 and the carry 14-47, whatever its blocks); 342M training T8192
     # 99,854 off vs 95,038-98,229 tok/s
     "fwd": dict(BV=128, num_warps=4, num_stages=1, split_max_programs=64, save_states=True, split_with_grad=True,
-                lowp_products=True, fast_stages=2, fast_min_BV=32, fast_min_programs=256, lowp_with_grad=True,
-                segment=0, segment_min_chunks=64),
+                lowp_products=True, fast_stages=2, fast_stages_halved=3, fast_min_BV=32, fast_min_programs=256,
+                lowp_with_grad=True, segment=0, segment_min_chunks=64),
     # the fused backward walk; the split form (two _walk passes and the chunk-parallel _bwd_chunk with
-    # "BV_chunk" columns per block, "slices" V slices, "chunk_warps" warps, "chunk_stages" pipeline stages,
-    # default 3 as Triton's own; also read for _fwd_chunk from "fwd") for V >= "split_min_v". H200
-    # 2026-12-04, T8192 training: 8 warps, 4 slices, 1-2 stages all within the ~1% run-to-run spread.
+    # "BV_chunk" columns per block, "slices" V slices, "chunk_warps" warps, "chunk_stages" pipeline stages;
+    # _fwd_chunk reads the last two from "fwd", default 4 warps and 3 stages as Triton's own) for V >=
+    # "split_min_v". H200 2026-12-04, T8192 training: 8 warps, 4 slices, 1-2 stages all within the ~1%
+    # run-to-run spread. H100 2026-12-08, DDTS fwd+bwd V4096 as graphs, _bwd_chunk alone: 3 / 2 / 1 stages
+    # 635 / 495 / 566 us (B8 T2048), 634 / 493 / 562 (B2 T8192); 8 warps at 2 stages 737
     # H200 2026-11-29, B8 T2048 C64, per-kernel sums: V 2048 1.35 ms vs 1.46 fused, V 4096 2.08 vs 2.28;
     # B2 T8192 V 2048: 2.28 vs 2.87
-    "bwd_state": dict(BV=64, num_warps=4, num_stages=1, split=True, split_min_v=2048, BV_chunk=64, slices=2),
-    # _walk: [BK, BV] state blocks, 2 stages. A walk lasts as long as its longest document, so smaller
+    "bwd_state": dict(BV=64, num_warps=4, num_stages=1, split=True, split_min_v=2048, BV_chunk=64, slices=2,
+                      chunk_stages=2),
+    # _walk: [BK, BV] state blocks, 3 stages (H100 2026-12-08, DDTS fwd+bwd as graphs with _bwd_chunk at 2
+    # stages: walks 442 / 407 / 449 us at 2 / 3 / 4 stages, B8 T2048; 482 / 442 / 451 at B2 T8192; 342M
+    # training, graphs, tok/s 2 / 3 stages: T8192 101,311 / 101,654, T2048 104,697 / 103,658, inside the
+    # ~1% spread). A walk lasts as long as its longest document, so smaller
     # blocks (more programs, on more SMs, per document) win on packed training data: H100 2026-12-07, 342M,
     # T8192 B2 graphs, tok/s BK16 x BV64 95,088-95,172 vs BK32 x BV128 93,225-93,664 (three runs each),
     # BK16 x BV128 94,429, BK32 x BV64 93,494; T2048 B8 equal (95,627 vs 95,642). (BK32 x BV128 was the
@@ -70,8 +79,11 @@ LAUNCH = {
     # 32: T8192 B2 99,850 / 95,969 / 97,386 / 96,087; T2048 B8 101,406 / - / 97,079 / - (the walks' GPU time fell
     # only 12.3 -> 11.4 ms per step; the carry launches and the final-state products cost more)
     # "starts_gemm": where every segment is as long (a plain batch), the segments' ends from zeros (forward
-    # and reverse walks) as one batched GEMM (_segment_ends_gemm) instead of a walk (not yet timed on a GPU)
-    "walk": dict(BK=16, BV=64, num_warps=4, num_stages=2, lowp_states=True, segment=0, segment_min_chunks=48,
+    # and reverse walks) as one batched GEMM (_segment_ends_gemm) instead of a walk. H100 2026-12-08, B2
+    # T8192 forward as graphs: 32-chunk segments 237-239 us (the GEMM 48-49, _segment_keys 22, the carry 16)
+    # against 216 for the unsegmented walk at 3 stages; fwd+bwd with walk segments of 16 / 32: 1,836 / 1,826
+    # against 1,661 off
+    "walk": dict(BK=16, BV=64, num_warps=4, num_stages=3, lowp_states=True, segment=0, segment_min_chunks=48,
                  starts_gemm=False),
     # per-chunk kernels. H200 2026-11-29, B8 T2048 C64: the diagonal 16x16 blocks as one [16, 16, K] tile
     # instead of a loop over columns took _prep 0.180 -> 0.141 ms (0.127 with 8 warps), _bwd_intra
@@ -327,15 +339,20 @@ def _same_row_stride(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
     return a.contiguous(), b.contiguous()
 
 
-def _fused_block(cfg: dict, fast: bool, n_walks: int, V: int) -> int:
-    """The fused walk's V block: LAUNCH["fwd"]["BV"], halved with bf16 products (not below "fast_min_BV")
-    until n_walks sequences x V blocks make "fast_min_programs" programs (its latency is per program)."""
+def _fused_block(cfg: dict, fast: bool, n_walks: int, V: int) -> tuple[int, int]:
+    """The fused walk's V block and pipeline stages. The block is LAUNCH["fwd"]["BV"], halved with bf16
+    products (not below "fast_min_BV") until n_walks sequences x V blocks make "fast_min_programs" programs
+    (its latency is per program). A halved block is a smaller tile, so more loads fit in flight:
+    "fast_stages_halved" stages then, else "fast_stages"."""
     BV = min(cfg["BV"], next_pow2(V))
-    if fast:
-        min_bv, min_programs = cfg.get("fast_min_BV", BV), cfg.get("fast_min_programs", 0)
-        while min_bv < BV and n_walks * cdiv(V, BV) < min_programs:
-            BV //= 2
-    return BV
+    if not fast:
+        return BV, cfg["num_stages"]
+    min_bv, min_programs = cfg.get("fast_min_BV", BV), cfg.get("fast_min_programs", 0)
+    halved = False
+    while min_bv < BV and n_walks * cdiv(V, BV) < min_programs:
+        BV, halved = BV // 2, True
+    stages = cfg.get("fast_stages", cfg["num_stages"])
+    return BV, cfg.get("fast_stages_halved", stages) if halved else stages
 
 
 class _DDTSFunction(torch.autograd.Function):
@@ -362,7 +379,7 @@ class _DDTSFunction(torch.autograd.Function):
 
         h0c = h0.contiguous() if h0 is not None else None
         saved_states = None
-        BV = _fused_block(cfg, fast, n_seq * H, V)
+        BV, stages = _fused_block(cfg, fast, n_seq * H, V)
         # the backward takes the states
         keep = grad and not fused_grad and cfg.get("save_states", False) and _split_backward(V)
         split = cfg.get("split", False) or n_seq * H * cdiv(V, BV) <= cfg.get("split_max_programs", 0)
@@ -383,7 +400,6 @@ class _DDTSFunction(torch.autograd.Function):
                 saved_states = hbuf
             del hbuf
         else:
-            stages = cfg.get("fast_stages", cfg["num_stages"]) if fast else cfg["num_stages"]
             # long sequences (LAUNCH["fwd"]["segment"]): the walk with outputs runs over segments of them in
             # parallel, each from the state entering it (found by a light walk of ends and a carry step);
             # each segment's end state is stored and a document's final state is its last segment's
@@ -392,7 +408,7 @@ class _DDTSFunction(torch.autograd.Function):
             if fsegs is not None:
                 x0 = _segment_starts(ke, v, dec, h0c, seqs, fsegs, H, K, V, C, lowp)
                 cu_f, coff_f, n_f = fsegs.cu, fsegs.coff, fsegs.n_seg
-                BV = _fused_block(cfg, fast, n_f * H, V)
+                BV, stages = _fused_block(cfg, fast, n_f * H, V)
             hT = final_states(n_f)
             kern._fwd[(cdiv(V, BV), n_f * H)](
                 v, o, qe, ke, dec, A, x0 if x0 is not None else o, hT if want_final else o, cu_f, coff_f, V,
