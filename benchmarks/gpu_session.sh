@@ -34,23 +34,18 @@ step fused 200 python3 benchmarks/bench_kernels.py --only fused,layer --profile 
 # fla's chunk_gla autotuning alone took over a minute per shape (even cut to 4 configs): give it room
 step ddts 300 python3 benchmarks/bench_kernels.py --only ddts --budget 280 --json "$OUT/k_ddts.json"
 step ddts 90 python3 benchmarks/ddts_forward.py '[{}, {"fwd": {"split_max_programs": 0, "BV": 64}}]'
-# options kept off, to re-check on another card: the fused DDTS walk over segments of long sequences
-# (LAUNCH["fwd"]["segment"]; slower on an H100, docs/BENCHMARKS.md fifteenth session), alone and in T=8192
-# training, against the default
-# the fused walk's latency at B2 T8192 (256 programs of 128 chunks each) against more loads in flight (3
-# stages: 114 KB of shared memory, two programs per SM) or more programs (16-column V blocks);
-# and written but not yet timed: the segments' entering states as one batched GEMM (LAUNCH["walk"]
-# ["starts_gemm"]); the SW-SKA decode kernels' padded-dot form and a higher program target (swska.DECODE)
+# options kept off, to re-check on another card (H100, seventeenth session, docs/BENCHMARKS.md): the fused DDTS
+# walk over segments of long sequences (LAUNCH["fwd"]["segment"]) with their entering states as one batched
+# GEMM (LAUNCH["walk"]["starts_gemm"]) or walked, and the fused walk's pipeline stages and V blocks, against
+# the default; then the SW-SKA decode kernels' row-sum form and other tiles against the padded-dot default
 step pending 300 python3 benchmarks/ddts_forward.py \
-  '[{}, {"fwd": {"segment": 16, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
-    {"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
-    {"fwd": {"segment": 32, "segment_min_chunks": 48, "fast_min_programs": 512}, "walk": {"starts_gemm": true}},
-    {"fwd": {"segment": 64, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
-    {"fwd": {"segment": 32, "segment_min_chunks": 48}}, {"fwd": {"fast_stages": 3}},
-    {"fwd": {"fast_min_BV": 16, "fast_min_programs": 512}}]'
+  '[{}, {"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
+    {"fwd": {"segment": 16, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
+    {"fwd": {"segment": 32, "segment_min_chunks": 48}}, {"fwd": {"fast_stages_halved": 2}},
+    {"fwd": {"fast_stages_halved": 4}}, {"fwd": {"fast_min_programs": 128}}]'
 echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}' > "$OUT/fwd_segments.json"
-step pending 120 python3 benchmarks/swska_decode.py '[{}, {"programs": 1024}, {"dot": true, "BN": 64, "num_warps": 4},
-  {"dot": true, "BN": 64, "num_warps": 4, "programs": 1024}, {"dot": true, "BN": 32}]'
+step pending 120 python3 benchmarks/swska_decode.py '[{}, {"dot": false}, {"dot_tiles": [[null, 64, 4]]},
+  {"dot_tiles": [[null, 32, 2]]}, {"programs": 1024}]'
 step pending8k 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \
   --micro-batch 2
 step pending8k 80 python3 benchmarks/bench_train.py --cuda-graphs --models rodimus --steps 4 --warmup 2 --seq-len 8192 \

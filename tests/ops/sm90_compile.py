@@ -103,12 +103,16 @@ def _drive() -> None:
                     ddts.ddts_triton(*(torch.randn(2, 32, 1, n, dtype=dtype) for n in (16, 16, 64, 16, 16)),
                                      chunk_size=16)  # fmt: skip
     with _launch_restored({"decode": swska.DECODE}):
-        swska.DECODE["dot"] = True  # the SW-SKA decode kernels' padded-dot form (model is the Rodimus+ one)
+        swska.DECODE["dot"] = False  # the SW-SKA decode kernels' row-sum form (model is the Rodimus+ one)
         with torch.no_grad():
             for bf16 in (False, True):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     out = model(ids[:, :12], use_cache=True)
                     model(ids[:, 12:13], cache=out.cache, use_cache=True)
+            swska.DECODE["dot"] = True  # the padded-dot form's tile for many rows (5 x 16 > 64)
+            for dtype in (torch.float32, torch.bfloat16):
+                q, k, v = torch.randn(5, 1, 16, 16), torch.randn(5, 40, 16), torch.randn(5, 40, 16, 16)
+                swska.swska_triton(q.to(dtype), k.to(dtype), v.to(dtype), window=64)
 
 
 @contextlib.contextmanager

@@ -107,8 +107,8 @@ def test_decode_step(monkeypatch, B, S, H, D, DV, W, dtype, km, spans, dot):
     from rodimus.ops.triton import swska as tri
 
     cfg = dict(tri.DECODE, dot=dot)
-    if spans is not None:
-        cfg.update(BN=spans[0], min_span=spans[1])
+    if spans is not None:  # one key tile for both forms, so that every program gets several spans
+        cfg.update(BN=spans[0], min_span=spans[1], dot_tiles=())
     monkeypatch.setattr(tri, "DECODE", cfg)
     g = torch.Generator().manual_seed(3)
     q = torch.randn(B, 1, H, D, generator=g, dtype=torch.float64)
@@ -127,13 +127,26 @@ def test_decode_step(monkeypatch, B, S, H, D, DV, W, dtype, km, spans, dot):
         assert torch.all(o[-1] == 0)
 
 
+def test_decode_tiles_by_rows(monkeypatch):
+    """The padded-dot form takes the first of DECODE["dot_tiles"] that holds B x H rows; row sums (and the
+    dot form without tiles) take DECODE's own BN and warps."""
+    from rodimus.ops.triton import swska as tri
+
+    monkeypatch.setattr(tri, "DECODE", dict(tri.DECODE, BN=128, num_warps=2, dot_tiles=((64, 64, 4), (None, 32, 2))))
+    assert tri._decode_tile(16, True) == tri._decode_tile(64, True) == (64, 4)
+    assert tri._decode_tile(65, True) == tri._decode_tile(4096, True) == (32, 2)
+    assert tri._decode_tile(16, False) == (128, 2)
+    monkeypatch.setitem(tri.DECODE, "dot_tiles", ((8, 16, 1),))
+    assert tri._decode_tile(8, True) == (16, 1) and tri._decode_tile(9, True) == (128, 2)
+
+
 @pytest.mark.parametrize("dot", [False, True], ids=["row-sums", "dots"])
 def test_decode_reads_a_cache_of_another_dtype(monkeypatch, dot):
     """A float32 cache with bf16 queries (StaticDecoder's ring buffers) is read as it is, in float32 (the
     padded-dot form, whose operands share a dtype, gives way to row sums), never cast whole first."""
     from rodimus.ops.triton import swska as tri
 
-    monkeypatch.setattr(tri, "DECODE", dict(tri.DECODE, BN=16, min_span=16, dot=dot))
+    monkeypatch.setattr(tri, "DECODE", dict(tri.DECODE, BN=16, min_span=16, dot=dot, dot_tiles=()))
     g = torch.Generator().manual_seed(5)
     q = torch.randn(2, 1, 2, 16, generator=g, dtype=torch.float64)
     k = torch.randn(2, 60, 16, generator=g, dtype=torch.float64)

@@ -142,10 +142,26 @@ class _SWSKAFunction(torch.autograd.Function):
 # H100 2026-12-08, H16 D128 bf16, us per call inside a CUDA graph, B1 / B16 at 1K keys: 7.3 / 36.4 (BN 64,
 # 4 warps, spans of 256: 12.0 / 49.3; the training kernel 19.4 / 34.7; SDPA, key repeated, 7.4 / 28.1);
 # at 16K keys 46.9 / 434.9 (67.8 / 647.0; 364.4 / 452.0; 30.8 / 378.9). docs/BENCHMARKS.md, fifteenth session.
-# "dot": tensor-core products of the padded query row (_decode_split's docstring), not yet timed on a GPU;
-# its pipelined tiles take shared memory (benchmarks/kernel_resources.py --decode, H16 D128 bf16: 139 KB at
-# BN 128, one program per SM; 72 KB at BN 64, 38 KB at BN 32; the row-sum form 0.5-2 KB): it wants a smaller BN
-DECODE = dict(BN=128, num_warps=2, min_span=128, max_spans=64, programs=_TARGET_PROGRAMS, dot=False)
+# "dot": tensor-core products of the padded query row (_decode_split's docstring) where its operands share a
+# dtype, with the first of "dot_tiles" (rows up to, BN, warps) that holds B x H rows (none: BN and
+# num_warps as above). Its pipelined tiles take shared memory (benchmarks/kernel_resources.py --decode, H16
+# D128 bf16: 139 KB at BN 128, one program per SM; 72 KB at BN 64, 38 KB at BN 32; row sums 0.5-2 KB).
+# H100 2026-12-08 (benchmarks/swska_decode.py, same run), us per call at 512 / 1K / 4K / 16K keys, row sums
+# against dots: B1 7.2 / 7.3 / 11.2 / 46.9 vs 6.4 / 6.6 / 10.4 / 29.4 (BN 64, 4 warps); B4 7.9 / 11.2 /
+# 43.4 / 140.1 vs 7.9 / 10.5 / 31.4 / 103.9 (same); B16 15.3 / 36.1 / 115.2 / 432.5 vs 16.3 / 30.2 / 97.5 /
+# 365.6 (BN 32, 2 warps; BN 64 at 4 warps 19.1 / 37.5 / 124.3 / 488.5); SDPA 8.1 / 7.4 / 11.4 / 30.8 (B1),
+# 11.7 / 28.1 / 95.7 / 382.3 (B16)
+DECODE = dict(BN=128, num_warps=2, min_span=128, max_spans=64, programs=_TARGET_PROGRAMS, dot=True,
+              dot_tiles=((64, 64, 4), (None, 32, 2)))  # fmt: skip
+
+
+def _decode_tile(rows: int, dot: bool) -> tuple[int, int]:
+    """BN and warps of the decode split kernel for B x H rows (see DECODE)."""
+    if dot:
+        for max_rows, BN, warps in DECODE.get("dot_tiles", ()):
+            if max_rows is None or rows <= max_rows:
+                return BN, warps
+    return DECODE["BN"], DECODE["num_warps"]
 
 
 def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
@@ -158,24 +174,25 @@ def _decode(q, k, v, key_mask, window: int, scale: float) -> torch.Tensor:
     lo = max(0, S - 1 - window)
     n_keys = S - lo
     cfg = DECODE
-    BN = cfg["BN"]
+    BD, BDV = next_pow2(D), next_pow2(DV)
+    # a tensor-core tile's smallest side is 16; its operands share a dtype
+    dot = cfg["dot"] and min(BD, BDV) >= 16 and k.dtype == v.dtype == q.dtype
+    BN, warps = _decode_tile(B * H, dot)
+    dot = dot and BN >= 16
     ns = max(1, min(cdiv(cfg["programs"], B * H), cdiv(n_keys, cfg["min_span"]), cfg["max_spans"]))
     span = cdiv(cdiv(n_keys, ns), BN) * BN
     ns = cdiv(n_keys, span)
     o = torch.empty(B, 1, H, DV, device=q.device, dtype=q.dtype)
     if B * H == 0:
         return o
-    BDV = next_pow2(DV)
     n = B * H * ns  # the spans' partials: outputs [n, BDV], maxima [n], sums [n], in one allocation
     opart, mpart, lpart = torch.empty(n * (BDV + 2), device=q.device, dtype=torch.float32).split([n * BDV, n, n])
     km = _int8_mask(key_mask, q.device)
     kern._decode_split[(B * H, ns)](
         q, k, v, km if km is not None else mpart, opart, mpart, lpart, S, lo, span, scale,
         q.stride(0), q.stride(2), k.stride(0), k.stride(1), v.stride(0), v.stride(1), v.stride(2), ns,
-        H=H, D=D, DV=DV, BD=next_pow2(D), BDV=BDV, BN=BN, HAS_KM=km is not None,
-        # a tensor-core tile's smallest side is 16; its operands share a dtype
-        DOT=cfg["dot"] and min(next_pow2(D), BDV, BN) >= 16 and k.dtype == v.dtype == q.dtype,
-        LOWP=q.dtype != torch.float32, num_warps=cfg["num_warps"],
+        H=H, D=D, DV=DV, BD=BD, BDV=BDV, BN=BN, HAS_KM=km is not None, DOT=dot,
+        LOWP=q.dtype != torch.float32, num_warps=warps,
     )  # fmt: skip
     kern._decode_combine[(B * H,)](opart, mpart, lpart, o, DV, ns, BNS=next_pow2(ns), DV=DV, BDV=BDV)
     return o
