@@ -95,6 +95,7 @@ DECODE_CASES = [  # B, S, H, D, Dv, window, dtype, key_mask, (BN, min_span): spa
     pytest.param(1, 1, 2, 16, 16, 4, torch.float32, False, None, id="B1-S1-fp32"),
     pytest.param(2, 90, 4, 32, 32, 63, torch.bfloat16, True, None, id="B2-S90-W63-keymask-bf16"),
     pytest.param(2, 130, 2, 16, 16, 129, torch.bfloat16, False, (16, 16), id="B2-S130-spans-bf16"),
+    pytest.param(9, 40, 8, 16, 16, 64, torch.bfloat16, False, None, id="B9-H8-many-rows-bf16"),  # the wide dot tile
 ]
 
 
