@@ -43,6 +43,8 @@ step pending 300 python3 benchmarks/ddts_forward.py \
     {"fwd": {"segment": 16, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}},
     {"fwd": {"segment": 32, "segment_min_chunks": 48}}, {"fwd": {"fast_stages_halved": 2}},
     {"fwd": {"fast_stages_halved": 4}}, {"fwd": {"fast_min_programs": 128}}]'
+step pending 120 python3 benchmarks/ddts_forward.py --backward '[{}, {"bwd_state": {"chunk_stages": 3}},
+  {"walk": {"num_stages": 2}}, {"walk": {"segment": 32, "starts_gemm": true}}]'
 echo '{"fwd": {"segment": 32, "segment_min_chunks": 48}, "walk": {"starts_gemm": true}}' > "$OUT/fwd_segments.json"
 step pending 120 python3 benchmarks/swska_decode.py '[{}, {"dot": false}, {"dot_tiles": [[null, 64, 4]]},
   {"dot_tiles": [[null, 32, 2]]}, {"programs": 1024}]'

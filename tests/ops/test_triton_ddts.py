@@ -456,3 +456,13 @@ def test_forward_benchmark_runs():
     rows = [line for line in out.splitlines() if "floor" in line]
     errs = [float(line.split(" from the default")[0].rsplit(", ", 1)[1]) for line in rows]
     assert errs[0] == 0 and max(errs) < 1e-2, out
+
+
+def test_backward_benchmark_runs():
+    """benchmarks/ddts_forward.py --backward (forward+backward per launch setting) runs, and reports each
+    variant's gradients against the default's (here the split forward and segmented walks)."""
+    variants = '[{}, {"fwd": {"split": true}, "walk": {"segment": 1, "segment_min_chunks": 0}}]'
+    out = run_benchmark("ddts_forward.py", "--smoke", "--backward", variants)
+    rows = [line for line in out.splitlines() if "fwd+bwd" in line]
+    errs = [float(line.split("gradients ")[1].split(" from")[0]) for line in rows]
+    assert len(errs) == 2 and errs[0] == 0 and errs[1] < 1e-2, out
