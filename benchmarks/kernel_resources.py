@@ -11,10 +11,11 @@ reads each cubin's resource usage with the ``cuobjdump`` that ships with Triton'
 
     TRITON_INTERPRET=0 python benchmarks/kernel_resources.py                 # K 64, chunk 64, bf16
     TRITON_INTERPRET=0 python benchmarks/kernel_resources.py --set intra.num_warps=4 --set walk.BV=128
-    TRITON_INTERPRET=0 python benchmarks/kernel_resources.py --decode BN=64 --decode dot=1   # + SW-SKA decode
+    TRITON_INTERPRET=0 python benchmarks/kernel_resources.py --decode dot=0 --decode BN=64   # + SW-SKA decode
 
 ``--decode`` also compiles the SW-SKA decode kernels (H16 D128, 1024 cached keys) with those
-``rodimus.ops.triton.swska.DECODE`` overrides.
+``rodimus.ops.triton.swska.DECODE`` overrides (integer settings; the padded-dot form, the default, takes
+its key tile and warps from ``DECODE["dot_tiles"]``, so BN and num_warps apply with ``dot=0``).
 """
 
 from __future__ import annotations
@@ -112,8 +113,9 @@ def _drive_decode(overrides: list[str], dtype: torch.dtype) -> None:
 
     for item in overrides:
         key, _, value = item.partition("=")
-        if key not in swska.DECODE or not value.isdigit():
-            raise ValueError(f"--decode {item!r}: want KEY=INT with KEY in {sorted(swska.DECODE)}")
+        ints = sorted(k for k, v in swska.DECODE.items() if isinstance(v, int))  # bools too
+        if key not in ints or not value.isdigit():
+            raise ValueError(f"--decode {item!r}: want KEY=INT with KEY in {ints}")
         swska.DECODE[key] = type(swska.DECODE[key])(int(value))
     H, D, S = 16, 128, 1024
     with torch.no_grad():

@@ -8,7 +8,7 @@ measured in the same run). Times are per call with 20 calls captured in one CUDA
 or two small kernels is bounded by the host. Each variant's output is checked against the float64 reference.
 
     python benchmarks/swska_decode.py
-    python benchmarks/swska_decode.py '[{}, {"dot": true}, {"programs": 1024}]' --batches 1,16 --contexts 1024
+    python benchmarks/swska_decode.py '[{}, {"dot": false}, {"programs": 1024}]' --batches 1,16 --contexts 1024
     python benchmarks/swska_decode.py --smoke    # CPU check of the script (Triton interpreter, toy sizes)
 """
 

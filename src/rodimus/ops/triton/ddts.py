@@ -314,8 +314,9 @@ def _segment_ends_gemm(a, b, dec, segs, H, K, V, C, lowp, reverse=False) -> torc
     aT, b = aT.view(n_real, H, K, rows), b.view(n_real, rows, H, V)
     ends = torch.empty(segs.n_seg, H, K, V, device=a.device, dtype=torch.float32)
     ends[n_real:].zero_()  # the table's spare segments (its n_seg is an upper bound)
-    per_doc = n_real // (segs.first.numel() - 1)
-    for doc in range(segs.first.numel() - 1):
+    n_doc = segs.first.numel() - 1
+    per_doc = n_real // n_doc
+    for doc in range(n_doc):
         lo = doc * per_doc + (1 if reverse else 0)
         used = slice(lo, lo + per_doc - 1)  # all of the document's segments but the one it walks last
         for h in range(H):  # strided batches of one head: b is not copied into a per-head layout
